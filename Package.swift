@@ -1,0 +1,51 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+/// Module graph (dependencies point one way):
+///
+///   CMPI ─► Distributed ─┐
+///   COpenBLAS ─► Kernels ─► Layers ─► Quantization ─► Training ─► efqat-train
+///   Data, Checkpoint ───────────────────────────────┘
+let package = Package(
+    name: "efqat-train",
+    products: [
+        .executable(name: "efqat-train", targets: ["EfqatTrain"]),
+        .executable(name: "efqat-bench", targets: ["EfqatBench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // Native libraries, reached through pkg-config.
+        .systemLibrary(name: "COpenMPI", pkgConfig: "ompi",
+                       providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        // Thin C shim: Open MPI's handles are macros Swift cannot import.
+        .target(name: "CMPI", dependencies: ["COpenMPI"]),
+
+        .target(name: "Kernels", dependencies: ["COpenBLAS"]),
+        .target(name: "Layers", dependencies: ["Kernels"]),
+        .target(name: "Quantization", dependencies: ["Kernels", "Layers", "Distributed"]),
+        .target(name: "Distributed", dependencies: ["CMPI"]),
+        .target(name: "Checkpoint"),
+        .target(name: "Data", dependencies: ["Kernels"]),
+        .target(name: "Training", dependencies: [
+            "Kernels", "Layers", "Quantization", "Distributed", "Checkpoint", "Data",
+        ]),
+        .executableTarget(name: "EfqatTrain", dependencies: [
+            "Training",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "EfqatBench", dependencies: [
+            "Training",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Layers"]),
+        .testTarget(name: "QuantizationTests", dependencies: ["Kernels", "Layers", "Quantization"]),
+        .testTarget(name: "DataTests", dependencies: ["Data"]),
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
+        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "Training"]),
+    ]
+)

@@ -1,0 +1,101 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a rank needs from its peers: the collectives of data-parallel
+/// training. `MPICommunicator` runs them over Open MPI;
+/// `SingleProcessCommunicator` is the world of one, so most code and tests
+/// run without mpirun.
+///
+/// Every rank must call the same collectives in the same order. A failure
+/// inside a collective is fatal: the implementation ends the whole job.
+public protocol Communicator: AnyObject {
+    var rank: Int { get }
+    var size: Int { get }
+    /// Rank and size among the processes of this machine.
+    var localRank: Int { get }
+    var localSize: Int { get }
+
+    func allReduce(_ buffer: UnsafeMutableBufferPointer<Float>, _ op: ReduceOp)
+    func allReduce(_ buffer: UnsafeMutableBufferPointer<Double>, _ op: ReduceOp)
+    func allReduce(_ buffer: UnsafeMutableBufferPointer<Int64>, _ op: ReduceOp)
+    /// Starts an in-place sum that completes at `wait`; the buffer must stay
+    /// untouched until then.
+    func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) -> PendingReduction
+    func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int)
+    /// Each rank contributes `send`; the result is every rank's part in rank
+    /// order. Parts may differ in length.
+    func allGather(_ send: [Float]) -> [[Float]]
+    func barrier()
+    /// Ends every process of the job. `message` is printed by this rank.
+    func abort(_ message: String, code: Int32) -> Never
+}
+
+public enum ReduceOp: Sendable { case sum, min, max }
+
+/// A reduction started by `startAllReduceSum`.
+public struct PendingReduction {
+    let wait: () -> Void
+    public init(wait: @escaping () -> Void) { self.wait = wait }
+    public func complete() { wait() }
+}
+
+extension Communicator {
+    public var isRoot: Bool { rank == 0 }
+
+    public func allReduce(_ array: inout [Float], _ op: ReduceOp) {
+        array.withUnsafeMutableBufferPointer { allReduce($0, op) }
+    }
+    public func allReduce(_ array: inout [Double], _ op: ReduceOp) {
+        array.withUnsafeMutableBufferPointer { allReduce($0, op) }
+    }
+    public func allReduce(_ array: inout [Int64], _ op: ReduceOp) {
+        array.withUnsafeMutableBufferPointer { allReduce($0, op) }
+    }
+    public func allReduce(_ value: Double, _ op: ReduceOp) -> Double {
+        var a = [value]
+        allReduce(&a, op)
+        return a[0]
+    }
+    public func allReduce(_ value: Int, _ op: ReduceOp) -> Int {
+        var a = [Int64(value)]
+        allReduce(&a, op)
+        return Int(a[0])
+    }
+    public func broadcast(_ array: inout [Float], root: Int = 0) {
+        array.withUnsafeMutableBytes { broadcast($0, root: root) }
+    }
+    public func broadcast(_ array: inout [Int64], root: Int = 0) {
+        array.withUnsafeMutableBytes { broadcast($0, root: root) }
+    }
+    /// Broadcasts a string from `root` (length first, then the bytes).
+    public func broadcast(_ text: String, root: Int = 0) -> String {
+        var length = [Int64(text.utf8.count)]
+        broadcast(&length, root: root)
+        var bytes = rank == root ? Array(text.utf8) : [UInt8](repeating: 0, count: Int(length[0]))
+        bytes.withUnsafeMutableBytes { broadcast($0, root: root) }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// A world of one rank: every collective is the identity.
+public final class SingleProcessCommunicator: Communicator {
+    public init() {}
+    public var rank: Int { 0 }
+    public var size: Int { 1 }
+    public var localRank: Int { 0 }
+    public var localSize: Int { 1 }
+    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Float>, _ op: ReduceOp) {}
+    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Double>, _ op: ReduceOp) {}
+    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Int64>, _ op: ReduceOp) {}
+    public func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) -> PendingReduction {
+        PendingReduction {}
+    }
+    public func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) {}
+    public func allGather(_ send: [Float]) -> [[Float]] { [send] }
+    public func barrier() {}
+    public func abort(_ message: String, code: Int32) -> Never {
+        FileHandleOutput.standardError.write("error: \(message)\n")
+        exit(code)
+    }
+}

@@ -42,10 +42,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Layers"]),
-        .testTarget(name: "QuantizationTests", dependencies: ["Kernels", "Layers", "Quantization"]),
         .testTarget(name: "DataTests", dependencies: ["Data"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
-        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "Training"]),
     ]
 )

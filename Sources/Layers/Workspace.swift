@@ -1,0 +1,15 @@
+import Kernels
+
+/// Scratch memory shared by the layers of one model: a layer uses it only
+/// inside one forward or backward call, so one buffer serves them all.
+public final class Workspace {
+    public let patches = FloatBuffer()
+    public let weightGradient = FloatBuffer()
+
+    /// Patch-matrix elements per chunk of images. Convolutions im2col a few
+    /// images at a time so the patch matrix stays in cache while the GEMM
+    /// reads it.
+    public var chunkElements = 1 << 19
+
+    public init() {}
+}

@@ -1,0 +1,324 @@
+import Checkpoint
+import Data
+import Distributed
+import Foundation
+import Kernels
+import Layers
+import Quantization
+
+/// Everything the default job needs to know.
+public struct PipelineOptions: Sendable {
+    public var dataset: DatasetFormat = .mnist5k
+    public var dataDirectory: String
+    public var outputDirectory: String
+    public var widthMultiplier = 1
+    public var fp32: PhaseOptions
+    public var qat: PhaseOptions
+    public var policy: QuantizationPolicy
+    /// Training samples whose activations set the quantizer ranges.
+    public var calibrationSamples = 512
+    /// A checkpoint to continue from: a path, or "auto" for the run's own.
+    public var resume: String?
+    /// Train the FP32 model even if the output folder has one.
+    public var retrainFP32 = false
+    /// Also checkpoint every N steps (0: only at epoch ends).
+    public var checkpointEvery = 0
+    /// Testing aid: this rank fails at this QAT step.
+    public var injectFailure: (rank: Int, step: Int)?
+
+    public init(dataDirectory: String, outputDirectory: String, fp32: PhaseOptions, qat: PhaseOptions,
+                policy: QuantizationPolicy) {
+        self.dataDirectory = dataDirectory
+        self.outputDirectory = outputDirectory
+        self.fp32 = fp32
+        self.qat = qat
+        self.policy = policy
+    }
+}
+
+/// One row of the summary table.
+public struct StageResult: Sendable {
+    public var name: String
+    public var accuracy: Double
+    public var seconds: Double
+    public var samplesPerSecond: Double
+    public var bytesReduced: Int
+}
+
+/// The default job: pre-train (or reuse) the FP32 model, calibrate fake
+/// quantization, evaluate the PTQ model, run QAT, evaluate and save.
+/// Every rank runs it; rank 0 alone writes files and talks.
+public final class Pipeline {
+    public let options: PipelineOptions
+    private let communicator: Communicator
+    private let log: RunLog
+    private var results: [StageResult] = []
+
+    public init(options: PipelineOptions, communicator: Communicator) throws {
+        self.options = options
+        self.communicator = communicator
+        log = try RunLog(active: communicator.isRoot, metricsPath: options.outputDirectory + "/metrics.jsonl")
+    }
+
+    private var checkpointPath: String { options.outputDirectory + "/checkpoint.safetensors" }
+    private var fp32Path: String { options.outputDirectory + "/fp32.safetensors" }
+    private var finalPath: String { options.outputDirectory + "/final.safetensors" }
+
+    @discardableResult
+    public func run() throws -> [StageResult] {
+        let started = Date()
+        let (train, test) = try options.dataset.load(from: options.dataDirectory)
+        let config = ResNetConfig.resnet20(inputChannels: train.channels, classes: train.classes,
+                                           widthMultiplier: options.widthMultiplier)
+        let model = ResNet(config)
+        model.initialize(seed: options.fp32.seed)
+        log.say("efqat-train: ResNet-\(config.depth) on \(options.dataset.rawValue) (\(train.count) train, \(test.count) test), "
+                + "\(communicator.size) rank(s), global batch \(options.qat.globalBatch)")
+
+        let resumed = try loadResumeCheckpoint()
+        var resumePhase = resumed?.metadata["efqat.phase"]
+        let modelJSON = Self.json(config)
+        if let resumed, resumed.metadata["efqat.model"] != modelJSON {
+            throw RunError.invalid("\(resumedPath ?? ""): checkpoint is of another model (\(resumed.metadata["efqat.model"] ?? "?")), this run builds \(modelJSON)")
+        }
+
+        // 1. FP32 model.
+        var fp32Stage = StageResult(name: "FP32", accuracy: 0, seconds: 0, samplesPerSecond: 0, bytesReduced: 0)
+        if resumePhase == "qat", let resumed {
+            fp32Stage.accuracy = Double(resumed.metadata["efqat.fp32_accuracy"] ?? "") ?? .nan
+        } else if resumePhase == nil, !options.retrainFP32, let reused = try reusableFP32(modelJSON: modelJSON) {
+            try ModelCheckpoint.restore(reused, path: fp32Path, into: model, requireQuantizers: false, optimizer: nil)
+            log.say("reusing the FP32 model in \(fp32Path) (--retrain-fp32 trains a new one)")
+            fp32Stage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
+        } else {
+            let trainer = try Trainer(model: model, data: train, options: options.fp32, communicator: communicator, log: log)
+            if resumePhase == "fp32", let resumed {
+                try restore(resumed, into: model, trainer: trainer, quantized: false)
+                resumePhase = nil
+            }
+            let report = try trainer.run(checkpointEvery: options.checkpointEvery) { t in
+                try self.saveRunCheckpoint(model: model, trainer: t, phase: "fp32", extra: [:])
+            }
+            fp32Stage.seconds = report.seconds
+            fp32Stage.samplesPerSecond = report.samplesPerSecond
+            fp32Stage.bytesReduced = report.bytesReduced
+            fp32Stage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
+            try rootWrites {
+                let tensors = ModelCheckpoint.tensors(of: model, includeQuantizers: false, optimizer: nil)
+                try SafeTensorsFile(tensors: tensors, metadata: self.metadata(model: modelJSON, phase: "fp32-final", extra: [
+                    "efqat.fp32_epochs": String(self.options.fp32.epochs), "efqat.fp32_accuracy": String(fp32Stage.accuracy),
+                ])).write(to: self.fp32Path)
+            }
+        }
+        results.append(fp32Stage)
+        log.say(String(format: "FP32 test accuracy %.2f%%", fp32Stage.accuracy * 100))
+        log.record("eval", ["stage": "fp32", "accuracy": fp32Stage.accuracy])
+
+        // 2. Calibration (PTQ), unless a QAT checkpoint carries it.
+        let policy = options.policy
+        policy.apply(to: model)
+        let bitsLabel = "W\(policy.weightBits)A\(policy.activationBits)"
+        var ptqStage = StageResult(name: "PTQ \(bitsLabel)", accuracy: 0, seconds: 0, samplesPerSecond: 0, bytesReduced: 0)
+        let qatTrainer = try Trainer(model: model, data: train, options: options.qat, communicator: communicator, log: log)
+        if resumePhase == "qat", let resumed {
+            try restore(resumed, into: model, trainer: qatTrainer, quantized: true)
+            ptqStage.accuracy = Double(resumed.metadata["efqat.ptq_accuracy"] ?? "") ?? .nan
+        } else {
+            let t0 = Date()
+            calibrate(model, on: train)
+            ptqStage.seconds = Date().timeIntervalSince(t0)
+            ptqStage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
+        }
+        results.append(ptqStage)
+        log.say(String(format: "PTQ %@ test accuracy %.2f%% (min-max calibration on %d samples)",
+                       bitsLabel, ptqStage.accuracy * 100, options.calibrationSamples))
+        log.record("eval", ["stage": "ptq", "accuracy": ptqStage.accuracy])
+
+        // 3. QAT.
+        let extra = ["efqat.fp32_accuracy": String(fp32Stage.accuracy), "efqat.ptq_accuracy": String(ptqStage.accuracy)]
+        let report = try qatTrainer.run(checkpointEvery: options.checkpointEvery) { t in
+            if let failure = self.options.injectFailure, failure.rank == self.communicator.rank {
+                let step = t.position.epoch * t.stepsPerEpoch + t.position.step
+                if step >= failure.step { throw RunError.invalid("injected failure at QAT step \(step)") }
+            }
+            try self.saveRunCheckpoint(model: model, trainer: t, phase: "qat", extra: extra)
+        }
+        let qatAccuracy = evaluate(model, on: test, communicator: communicator).accuracy
+        results.append(StageResult(name: "QAT \(bitsLabel)", accuracy: qatAccuracy, seconds: report.seconds,
+                                   samplesPerSecond: report.samplesPerSecond, bytesReduced: report.bytesReduced))
+        log.record("eval", ["stage": "qat", "accuracy": qatAccuracy])
+        try rootWrites {
+            let tensors = ModelCheckpoint.tensors(of: model, includeQuantizers: true, optimizer: nil)
+            try SafeTensorsFile(tensors: tensors, metadata: self.metadata(model: modelJSON, phase: "qat-final", extra: extra))
+                .write(to: self.finalPath)
+        }
+        let checksum = weightChecksum(model)
+        let agree = ranksAgree(on: checksum, communicator: communicator)
+        log.record("weights", ["checksum": String(checksum, radix: 16), "ranks_agree": agree])
+        if !agree { throw RunError.invalid("ranks ended with different weights: data-parallel training diverged") }
+        printSummary(totalSeconds: Date().timeIntervalSince(started), policy: policy, model: model)
+        return results
+    }
+
+    /// Min-max calibration on a fixed, seeded subset of the training set,
+    /// sharded over ranks; the ranges are reduced so all ranks agree.
+    private func calibrate(_ model: ResNet, on train: Dataset) {
+        let calibrator = MinMaxCalibrator(model: model)
+        model.withQuantizationDisabled {
+            var rng = SplitMix64(seed: options.qat.seed, stream: [0x4341_4C49])
+            let chosen = Array(rng.permutation(train.count).prefix(options.calibrationSamples))
+            let shard = contiguousShard(count: chosen.count, rank: communicator.rank, worldSize: communicator.size)
+            let batch = 128
+            let images = FloatBuffer(capacity: batch * train.sampleSize)
+            var labels = [Int32](repeating: 0, count: batch)
+            for start in stride(from: shard.lowerBound, to: shard.upperBound, by: batch) {
+                let indices = chosen[start..<min(start + batch, shard.upperBound)]
+                labels.withUnsafeMutableBufferPointer { train.gatherBatch(indices, pixels: images.pointer, labels: $0.baseAddress!) }
+                _ = model.forward(FeatureMap(data: images.pointer, channels: train.channels, batch: indices.count,
+                                             height: train.height, width: train.width), training: false)
+            }
+        }
+        calibrator.finish(communicator: communicator)
+    }
+
+    // MARK: Checkpoints
+
+    private var resumedPath: String?
+
+    private func loadResumeCheckpoint() throws -> SafeTensorsFile? {
+        guard let resume = options.resume else { return nil }
+        let path = resume == "auto" ? checkpointPath : resume
+        if resume == "auto" && !FileManager.default.fileExists(atPath: path) {
+            log.say("--resume auto: no checkpoint in \(options.outputDirectory), starting afresh")
+            return nil
+        }
+        resumedPath = path
+        let file = try SafeTensorsFile.read(from: path)
+        guard let phase = file.metadata["efqat.phase"], phase == "fp32" || phase == "qat" else {
+            throw RunError.invalid("\(path): not a training checkpoint (no resumable phase in its metadata)")
+        }
+        if let batch = file.metadata["efqat.global_batch"], batch != String(options.qat.globalBatch) {
+            throw RunError.invalid("\(path): saved with global batch \(batch), this run uses \(options.qat.globalBatch); the data order would differ")
+        }
+        log.say("resuming from \(path): phase \(phase), epoch \(file.metadata["efqat.epoch"] ?? "?"), step \(file.metadata["efqat.step"] ?? "?")")
+        return file
+    }
+
+    private func restore(_ file: SafeTensorsFile, into model: ResNet, trainer: Trainer, quantized: Bool) throws {
+        let path = resumedPath ?? ""
+        if quantized, let bits = file.metadata["efqat.bits"], bits != Self.json(layerBits(model)) {
+            throw RunError.invalid("\(path): checkpoint was quantized as \(bits), this run asks for \(Self.json(layerBits(model)))")
+        }
+        try ModelCheckpoint.restore(file, path: path, into: model, requireQuantizers: quantized, optimizer: trainer.optimizer)
+        guard let epoch = Int(file.metadata["efqat.epoch"] ?? ""), let step = Int(file.metadata["efqat.step"] ?? "") else {
+            throw RunError.invalid("\(path): metadata has no training position")
+        }
+        trainer.resume(at: TrainingPosition(epoch: epoch, step: step))
+    }
+
+    private func layerBits(_ model: ResNet) -> [String: String] {
+        Dictionary(uniqueKeysWithValues: model.layers.map { layer in
+            (layer.name, "W\(layer.weightQuantizer.grid.bits)A" + (layer.inputQuantizer.enabled ? "\(layer.inputQuantizer.grid.bits)" : "-"))
+        })
+    }
+
+    private func metadata(model: String, phase: String, extra: [String: String]) -> [String: String] {
+        var m = extra
+        m["efqat.model"] = model
+        m["efqat.phase"] = phase
+        m["efqat.seed"] = String(options.qat.seed)
+        m["efqat.global_batch"] = String(options.qat.globalBatch)
+        m["efqat.world_size"] = String(communicator.size)
+        m["efqat.dataset"] = options.dataset.rawValue
+        return m
+    }
+
+    private func saveRunCheckpoint(model: ResNet, trainer: Trainer, phase: String, extra: [String: String]) throws {
+        try rootWrites {
+            var m = self.metadata(model: Self.json(model.config), phase: phase, extra: extra)
+            m["efqat.epoch"] = String(trainer.position.epoch)
+            m["efqat.step"] = String(trainer.position.step)
+            if phase == "qat" { m["efqat.bits"] = Self.json(self.layerBits(model)) }
+            let tensors = ModelCheckpoint.tensors(of: model, includeQuantizers: true, optimizer: trainer.optimizer)
+            try SafeTensorsFile(tensors: tensors, metadata: m).write(to: self.checkpointPath)
+        }
+    }
+
+    /// The FP32 model of an earlier run with the same model, data and recipe.
+    private func reusableFP32(modelJSON: String) throws -> SafeTensorsFile? {
+        guard FileManager.default.fileExists(atPath: fp32Path) else { return nil }
+        let file = try SafeTensorsFile.read(from: fp32Path)
+        let m = file.metadata
+        guard m["efqat.model"] == modelJSON, m["efqat.dataset"] == options.dataset.rawValue,
+              m["efqat.seed"] == String(options.fp32.seed), m["efqat.fp32_epochs"] == String(options.fp32.epochs)
+        else {
+            log.say("\(fp32Path) was trained with other settings: training a new FP32 model")
+            return nil
+        }
+        return file
+    }
+
+    /// Runs `body` on rank 0 only; its errors end the job there (the caller
+    /// aborts all ranks).
+    private func rootWrites(_ body: () throws -> Void) throws {
+        guard communicator.isRoot else { return }
+        try FileManager.default.createDirectory(atPath: options.outputDirectory, withIntermediateDirectories: true)
+        try body()
+    }
+
+    static func json<T: Encodable>(_ value: T) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: (try? encoder.encode(value)) ?? Data(), as: UTF8.self)
+    }
+
+    // MARK: Summary
+
+    private func printSummary(totalSeconds: Double, policy: QuantizationPolicy, model: ResNet) {
+        guard communicator.isRoot else { return }
+        let table = SummaryTable(rows: results)
+        log.say("")
+        log.say(table.render())
+        log.say(String(format: "total wall time %.1f s on %d rank(s); outputs in %@", totalSeconds, communicator.size,
+                       options.outputDirectory))
+        log.record("summary", [
+            "stages": results.map { ["stage": $0.name, "accuracy": $0.accuracy, "seconds": $0.seconds,
+                                     "samples_per_s": $0.samplesPerSecond, "bytes_reduced": $0.bytesReduced] },
+            "total_seconds": totalSeconds, "world_size": communicator.size,
+        ])
+    }
+}
+
+extension ResNet {
+    /// Runs `body` with quantization off (the FP32 forward), then restores
+    /// each quantizer's on/off state.
+    func withQuantizationDisabled(_ body: () -> Void) {
+        let saved = layers.map { ($0.weightQuantizer.enabled, $0.inputQuantizer.enabled) }
+        disableQuantization()
+        body()
+        for (layer, (w, a)) in zip(layers, saved) {
+            layer.weightQuantizer.enabled = w
+            layer.inputQuantizer.enabled = a
+        }
+    }
+}
+
+/// A 64-bit FNV-1a hash of a model's parameters and state: equal on every
+/// rank exactly when the ranks hold bit-identical models.
+public func weightChecksum(_ model: ResNet) -> UInt64 {
+    var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+    for arena in [model.store.parameters, model.store.state] {
+        UnsafeRawBufferPointer(arena.all).forEach { byte in
+            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
+        }
+    }
+    return hash
+}
+
+/// True when every rank holds the same checksum.
+public func ranksAgree(on checksum: UInt64, communicator: Communicator) -> Bool {
+    var low = [Int64(bitPattern: checksum)], high = low
+    communicator.allReduce(&low, .min)
+    communicator.allReduce(&high, .max)
+    return low == high
+}

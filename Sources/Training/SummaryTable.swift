@@ -1,0 +1,32 @@
+import Foundation
+
+/// The table that ends a run: one row per stage.
+public struct SummaryTable {
+    public var rows: [StageResult]
+
+    public func render() -> String {
+        let header = ["stage", "test acc", "time (s)", "samples/s", "all-reduced"]
+        let body = rows.map { r in
+            [r.name, r.accuracy.isNaN ? "-" : String(format: "%.2f%%", r.accuracy * 100),
+             String(format: "%.1f", r.seconds),
+             r.samplesPerSecond > 0 ? String(format: "%.0f", r.samplesPerSecond) : "-",
+             Self.bytes(r.bytesReduced)]
+        }
+        let widths = header.indices.map { c in ([header] + body).map { $0[c].count }.max()! }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { c, text in
+                c == 0 ? text.padding(toLength: widths[c], withPad: " ", startingAt: 0)
+                       : String(repeating: " ", count: widths[c] - text.count) + text
+            }.joined(separator: "  ")
+        }
+        let rule = widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ")
+        return ([line(header), rule] + body.map(line)).joined(separator: "\n")
+    }
+
+    static func bytes(_ n: Int) -> String {
+        if n == 0 { return "-" }
+        if n >= 1 << 30 { return String(format: "%.2f GiB", Double(n) / Double(1 << 30)) }
+        if n >= 1 << 20 { return String(format: "%.1f MiB", Double(n) / Double(1 << 20)) }
+        return String(format: "%.1f KiB", Double(n) / 1024)
+    }
+}

@@ -1,0 +1,161 @@
+import Data
+import Distributed
+import Foundation
+import Kernels
+import Layers
+
+/// Hyper-parameters of one training phase (FP32 pre-training or QAT).
+public struct PhaseOptions: Sendable {
+    public var name: String
+    public var epochs: Int
+    public var globalBatch: Int
+    /// Micro-batches each rank runs per step (gradient accumulation).
+    public var accumulation: Int = 1
+    public var learningRate: Float
+    public var momentum: Float = 0.9
+    public var weightDecay: Float = 5e-4
+    public var schedule: LearningRateSchedule = .cosine
+    public var seed: UInt64
+    public var logEvery: Int = 10
+
+    public init(name: String, epochs: Int, globalBatch: Int, learningRate: Float, seed: UInt64) {
+        self.name = name
+        self.epochs = epochs
+        self.globalBatch = globalBatch
+        self.learningRate = learningRate
+        self.seed = seed
+    }
+}
+
+/// Where a phase is: the next step to run. Exact to the step.
+public struct TrainingPosition: Sendable, Equatable, Codable {
+    public var epoch: Int
+    public var step: Int
+    public init(epoch: Int = 0, step: Int = 0) {
+        self.epoch = epoch
+        self.step = step
+    }
+}
+
+/// What a finished phase measured.
+public struct PhaseReport: Sendable {
+    public var seconds: Double = 0
+    public var samples: Int = 0
+    public var bytesReduced: Int = 0
+    public var steps: Int = 0
+    public var lastLoss: Float = .nan
+    public var samplesPerSecond: Double { seconds > 0 ? Double(samples) / seconds : 0 }
+}
+
+/// Data-parallel training of a model for one phase: every rank runs its
+/// micro-batches of each global batch, one all-reduce averages what is
+/// trained, and every rank applies the same update, so all ranks hold
+/// identical weights after every step.
+public final class Trainer {
+    public let model: ResNet
+    public let options: PhaseOptions
+    public let optimizer: SGD
+    public private(set) var position = TrainingPosition()
+    private let communicator: Communicator
+    private let data: Dataset
+    private let log: RunLog
+    private let partition: BatchPartition
+    private let reducer: GradientReducer
+    private let images: FloatBuffer
+    private var labels: [Int32]
+    private let logitGradient = FloatBuffer()
+
+    public init(model: ResNet, data: Dataset, options: PhaseOptions, communicator: Communicator,
+                log: RunLog, spans: [TrainedSpan]? = nil) throws {
+        self.model = model
+        self.data = data
+        self.options = options
+        self.communicator = communicator
+        self.log = log
+        partition = try BatchPartition(globalBatch: options.globalBatch, worldSize: communicator.size,
+                                       accumulationSteps: options.accumulation)
+        guard options.globalBatch <= data.count else {
+            throw RunError.invalid("global batch \(options.globalBatch) exceeds the \(data.count) training samples")
+        }
+        optimizer = SGD(layout: model.store.parameterLayout, momentum: options.momentum,
+                        weightDecay: options.weightDecay)
+        reducer = GradientReducer(spans: spans ?? model.store.allTrainedSpans, norms: model.batchNorms, extras: 2)
+        images = FloatBuffer(capacity: partition.microBatchSize * data.sampleSize)
+        labels = Array(repeating: 0, count: partition.microBatchSize)
+    }
+
+    public var stepsPerEpoch: Int { EpochOrder.stepsPerEpoch(sampleCount: data.count, globalBatch: options.globalBatch) }
+    public var totalSteps: Int { stepsPerEpoch * options.epochs }
+    public var isFinished: Bool { position.epoch >= options.epochs }
+
+    /// Continues from a saved position (the optimizer state is restored by the caller).
+    public func resume(at position: TrainingPosition) { self.position = position }
+
+    /// Runs the phase to its end. `checkpoint` is called at the end of every
+    /// epoch (and every `checkpointEvery` steps if > 0) with the position
+    /// of the next step.
+    public func run(checkpointEvery: Int = 0, checkpoint: (Trainer) throws -> Void) throws -> PhaseReport {
+        var report = PhaseReport()
+        let start = Date()
+        while !isFinished {
+            let epoch = position.epoch
+            let order = try EpochOrder(seed: options.seed, epoch: epoch, sampleCount: data.count,
+                                       globalBatch: options.globalBatch)
+            while position.epoch == epoch {
+                let globalStep = position.epoch * stepsPerEpoch + position.step
+                let lr = options.schedule.rate(step: globalStep, totalSteps: totalSteps, peak: options.learningRate)
+                let (loss, accuracy) = trainStep(order: order, step: position.step, learningRate: lr)
+                report.steps += 1
+                report.samples += options.globalBatch
+                report.lastLoss = loss
+                position.step += 1
+                let detail = String(format: "epoch %d/%d loss %.4f acc %.3f lr %.4f",
+                                    position.epoch + 1, options.epochs, loss, accuracy, lr)
+                log.progress(options.name, done: globalStep + 1, total: totalSteps, every: options.logEvery, detail: detail)
+                if options.logEvery > 0, (globalStep + 1) % options.logEvery == 0 || position.step == stepsPerEpoch {
+                    log.record("step", ["phase": options.name, "epoch": position.epoch, "step": globalStep + 1,
+                                        "loss": Double(loss), "accuracy": Double(accuracy), "lr": Double(lr)])
+                }
+                if position.step == stepsPerEpoch {
+                    position = TrainingPosition(epoch: position.epoch + 1, step: 0)
+                    try checkpoint(self)
+                } else if checkpointEvery > 0, position.step % checkpointEvery == 0 {
+                    try checkpoint(self)
+                }
+            }
+        }
+        report.seconds = Date().timeIntervalSince(start)
+        report.bytesReduced = reducer.bytesReduced
+        return report
+    }
+
+    /// One optimizer step on global batch `step`: forward and backward over
+    /// this rank's micro-batches, one all-reduce, one update. Returns the
+    /// global-batch mean loss and accuracy.
+    public func trainStep(order: EpochOrder, step: Int, learningRate: Float) -> (Float, Float) {
+        let store = model.store
+        store.gradients.zero()
+        let micro = partition.microBatchSize
+        var scalars: [Float] = [0, 0]
+        for part in partition.parts(ofRank: communicator.rank) {
+            let indices = order.indices(step: step, part: part, parts: partition.parts)
+            labels.withUnsafeMutableBufferPointer { data.gatherBatch(indices, pixels: images.pointer, labels: $0.baseAddress!) }
+            let x = FeatureMap(data: images.pointer, channels: data.channels, batch: micro,
+                               height: data.height, width: data.width)
+            let logits = model.forward(x, training: true)
+            let result = labels.withUnsafeBufferPointer {
+                softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!,
+                                    gradient: logitGradient.reserve(logits.count), gradientScale: 1 / Float(micro))
+            }
+            model.backward(FeatureMap(data: logitGradient.pointer, channels: logits.channels, batch: micro,
+                                      height: 1, width: 1))
+            scalars[0] += result.loss
+            scalars[1] += Float(result.correct)
+        }
+        reducer.reduce(gradients: store.gradients, scalars: &scalars, microBatches: partition.parts,
+                       communicator: communicator)
+        optimizer.step(parameters: store.parameters, gradients: store.gradients, spans: reducer.spans,
+                       learningRate: learningRate)
+        return (scalars[0] / Float(partition.parts), scalars[1] / Float(options.globalBatch))
+    }
+}

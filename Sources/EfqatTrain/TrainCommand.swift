@@ -68,6 +68,9 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Training samples used to calibrate the quantizers.")
     var calibrationSamples = 512
 
+    @Option(help: "Train on a seeded random subset of this many training samples (default: all).")
+    var trainSamples: Int?
+
     @Option(help: "Channel width multiplier of ResNet-20 (1: 16/32/64 channels).")
     var width = 1
 
@@ -106,6 +109,7 @@ struct TrainCommand: ParsableCommand {
         for (name, value) in [("--lr", lr), ("--qat-lr", qatLr)] where !(value > 0 && value.isFinite) {
             throw ValidationError("\(name) must be a positive number, got \(value)")
         }
+        if let trainSamples, trainSamples <= 0 { throw ValidationError("--train-samples must be positive, got \(trainSamples)") }
         if let threads, threads <= 0 { throw ValidationError("--threads must be positive, got \(threads)") }
         _ = try policy()
         _ = try failure()
@@ -153,6 +157,7 @@ struct TrainCommand: ParsableCommand {
         options.retrainFP32 = retrainFP32
         options.checkpointEvery = checkpointEvery
         options.injectFailure = try failure()
+        options.trainSamples = trainSamples
         return options
     }
 }

@@ -23,6 +23,8 @@ public struct PipelineOptions: Sendable {
     public var retrainFP32 = false
     /// Also checkpoint every N steps (0: only at epoch ends).
     public var checkpointEvery = 0
+    /// Train on a seeded random subset of this many samples (nil: all).
+    public var trainSamples: Int?
     /// Testing aid: this rank fails at this QAT step.
     public var injectFailure: (rank: Int, step: Int)?
 
@@ -67,7 +69,11 @@ public final class Pipeline {
     @discardableResult
     public func run() throws -> [StageResult] {
         let started = Date()
-        let (train, test) = try options.dataset.load(from: options.dataDirectory)
+        var (train, test) = try options.dataset.load(from: options.dataDirectory)
+        if let limit = options.trainSamples, limit < train.count {
+            var rng = SplitMix64(seed: options.fp32.seed, stream: [0x5355_4253])
+            train = train.subset(rng.permutation(train.count).prefix(limit).sorted())
+        }
         let config = ResNetConfig.resnet20(inputChannels: train.channels, classes: train.classes,
                                            widthMultiplier: options.widthMultiplier)
         let model = ResNet(config)

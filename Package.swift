@@ -38,11 +38,13 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "EfqatBench", dependencies: [
-            "Training",
+            "Training", "Distributed",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
         .testTarget(name: "DataTests", dependencies: ["Data"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
+        .testTarget(name: "LayersTests", dependencies: ["Kernels", "Layers"]),
+        .testTarget(name: "QuantizationTests", dependencies: ["Kernels", "Layers", "Quantization", "Distributed"]),
     ]
 )

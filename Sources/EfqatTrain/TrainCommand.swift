@@ -12,12 +12,14 @@ struct TrainCommand: ParsableCommand {
         abstract: "Turn a pretrained FP32 ResNet into an accurate low-bit one: FP32 training (or reuse), "
             + "PTQ calibration, then quantization-aware training, data-parallel over MPI.",
         discussion: """
-        Run it alone for one process, or under mpirun/srun for data parallelism:
-          mpirun -n 8 efqat-train            (see launch/run.sh, which sets oversubscription and threads)
-        The global batch is split across ranks (and --accumulation micro-batches per rank), so the data
-        order and the result do not depend on the number of ranks.
-        Outputs in --output: fp32.safetensors, checkpoint.safetensors (resumable), final.safetensors,
-        metrics.jsonl and summary.txt.
+        Run it alone for one process, or under mpirun or srun for data parallelism; launch/run.sh \
+        runs `mpirun -n 8` with oversubscription, one OpenBLAS thread per rank and yielding waits.
+
+        The global batch is cut into (ranks x --accumulation) equal micro-batches, so the data order \
+        and the result do not depend on the number of ranks.
+
+        Outputs in --output: fp32.safetensors (the FP32 model), checkpoint.safetensors (resumable), \
+        final.safetensors (the quantized model with its quantizer steps), metrics.jsonl and summary.txt.
         """)
 
     @Option(help: "Data set format: \(DatasetFormat.allCases.map(\.rawValue).joined(separator: ", ")).")

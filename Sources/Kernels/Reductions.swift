@@ -44,18 +44,13 @@ public func dot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, count: Int
     return acc.sum() + tail
 }
 
-/// (min, max) of a non-empty run.
+/// (min, max) of a non-empty run. Used for calibration only, so a plain loop.
 public func extrema(_ x: UnsafePointer<Float>, count: Int) -> (min: Float, max: Float) {
     precondition(count > 0)
-    var lo = SIMD16<Float>(repeating: x[0]), hi = lo
-    var i = 0
-    while i + 16 <= count {
-        let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self)
-        lo = pointwiseMin(lo, v)
-        hi = pointwiseMax(hi, v)
-        i += 16
+    var lo = x[0], hi = x[0]
+    for i in 1..<count {
+        lo = Swift.min(lo, x[i])
+        hi = Swift.max(hi, x[i])
     }
-    var a = lo.min(), b = hi.max()
-    while i < count { a = Swift.min(a, x[i]); b = Swift.max(b, x[i]); i += 1 }
-    return (a, b)
+    return (lo, hi)
 }

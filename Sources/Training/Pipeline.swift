@@ -91,10 +91,12 @@ public final class Pipeline {
         // 1. FP32 model.
         var fp32Stage = StageResult(name: "FP32", accuracy: 0, seconds: 0, samplesPerSecond: 0, bytesReduced: 0)
         if resumePhase == "qat", let resumed {
+            fp32Stage.name = "FP32 (earlier run)"
             fp32Stage.accuracy = Double(resumed.metadata["efqat.fp32_accuracy"] ?? "") ?? .nan
         } else if resumePhase == nil, !options.retrainFP32, let reused = try reusableFP32(modelJSON: modelJSON) {
             try ModelCheckpoint.restore(reused, path: fp32Path, into: model, requireQuantizers: false, optimizer: nil)
             log.say("reusing the FP32 model in \(fp32Path) (--retrain-fp32 trains a new one)")
+            fp32Stage.name = "FP32 (reused)"
             fp32Stage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
         } else {
             let trainer = try Trainer(model: model, data: train, options: options.fp32, communicator: communicator, log: log)
@@ -282,11 +284,12 @@ public final class Pipeline {
 
     private func printSummary(totalSeconds: Double, policy: QuantizationPolicy, model: ResNet) {
         guard communicator.isRoot else { return }
-        let table = SummaryTable(rows: results)
+        let text = SummaryTable(rows: results).render() + "\n"
+            + String(format: "total wall time %.1f s on %d rank(s); outputs in %@", totalSeconds, communicator.size,
+                     options.outputDirectory)
         log.say("")
-        log.say(table.render())
-        log.say(String(format: "total wall time %.1f s on %d rank(s); outputs in %@", totalSeconds, communicator.size,
-                       options.outputDirectory))
+        log.say(text)
+        try? (text + "\n").write(toFile: options.outputDirectory + "/summary.txt", atomically: true, encoding: .utf8)
         log.record("summary", [
             "stages": results.map { ["stage": $0.name, "accuracy": $0.accuracy, "seconds": $0.seconds,
                                      "samples_per_s": $0.samplesPerSecond, "bytes_reduced": $0.bytesReduced] },

@@ -9,9 +9,17 @@ public final class RunLog {
     private var barShown = false
 
     /// `metricsPath`: JSON lines appended there (rank 0 only).
+    /// The progress bar is drawn when standard output is a terminal, or as
+    /// `EFQAT_PROGRESS` says (`bar` or `lines`): under mpirun every rank's
+    /// output is a pseudo-terminal whatever mpirun's own output is, so the
+    /// launch script, which can tell, passes the answer on.
     public init(active: Bool, metricsPath: String?) throws {
         isActive = active
-        interactive = active && isatty(1) == 1
+        switch ProcessInfo.processInfo.environment["EFQAT_PROGRESS"] {
+        case "bar": interactive = active
+        case "lines": interactive = false
+        default: interactive = active && isatty(1) == 1
+        }
         if active, let metricsPath {
             let url = URL(fileURLWithPath: metricsPath)
             try FileManager.default.createDirectory(at: url.deletingLastPathComponent(),

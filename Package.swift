@@ -44,6 +44,9 @@ let package = Package(
 
         .testTarget(name: "DataTests", dependencies: ["Data"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
+        .testTarget(name: "TrainingTests", dependencies: [
+            "Checkpoint", "Data", "Distributed", "Kernels", "Layers", "Quantization", "Training",
+        ]),
         .testTarget(name: "LayersTests", dependencies: ["Kernels", "Layers"]),
         .testTarget(name: "QuantizationTests", dependencies: ["Kernels", "Layers", "Quantization", "Distributed"]),
     ]

@@ -55,6 +55,9 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "L2 weight decay on conv/linear weights.")
     var weightDecay: Float = 5e-4
 
+    @Option(help: "Shift training images randomly by up to N pixels in x and y (0: no augmentation).")
+    var augmentShift = 2
+
     @Option(help: "Learning-rate schedule: \(LearningRateSchedule.allCases.map(\.rawValue).joined(separator: ", ")).")
     var schedule: LearningRateSchedule = .cosine
 
@@ -111,6 +114,7 @@ struct TrainCommand: ParsableCommand {
         for (name, value) in [("--lr", lr), ("--qat-lr", qatLr)] where !(value > 0 && value.isFinite) {
             throw ValidationError("\(name) must be a positive number, got \(value)")
         }
+        if augmentShift < 0 { throw ValidationError("--augment-shift must be 0 or more, got \(augmentShift)") }
         if let trainSamples, trainSamples <= 0 { throw ValidationError("--train-samples must be positive, got \(trainSamples)") }
         if let threads, threads <= 0 { throw ValidationError("--threads must be positive, got \(threads)") }
         _ = try policy()
@@ -144,6 +148,7 @@ struct TrainCommand: ParsableCommand {
         phase.weightDecay = weightDecay
         phase.schedule = schedule
         phase.logEvery = logEvery
+        phase.augmentShift = augmentShift
         return phase
     }
 

@@ -34,7 +34,10 @@ public struct ConvGeometry: Sendable, Equatable {
     func validColumns(kx: Int) -> Range<Int> {
         let shift = padding - kx
         let lo = shift > 0 ? (shift + stride - 1) / stride : 0
-        let hi = min(outWidth, (width - 1 + shift) / stride + 1)
+        // Integer division truncates toward zero: a negative last column
+        // (the kernel tap is right of every input pixel) means none is valid.
+        let last = width - 1 + shift
+        let hi = last < 0 ? 0 : min(outWidth, last / stride + 1)
         return lo..<max(lo, hi)
     }
 }

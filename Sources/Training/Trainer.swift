@@ -17,6 +17,8 @@ public struct PhaseOptions: Sendable {
     public var schedule: LearningRateSchedule = .cosine
     public var seed: UInt64
     public var logEvery: Int = 10
+    /// Random translation of training images by up to this many pixels (0: off).
+    public var augmentShift = 0
 
     public init(name: String, epochs: Int, globalBatch: Int, learningRate: Float, seed: UInt64) {
         self.name = name
@@ -140,6 +142,8 @@ public final class Trainer {
         for part in partition.parts(ofRank: communicator.rank) {
             let indices = order.indices(step: step, part: part, parts: partition.parts)
             labels.withUnsafeMutableBufferPointer { data.gatherBatch(indices, pixels: images.pointer, labels: $0.baseAddress!) }
+            RandomTranslation(maxShift: options.augmentShift, seed: options.seed)
+                .apply(to: images.pointer, indices: indices, epoch: order.epoch, dataset: data)
             let x = FeatureMap(data: images.pointer, channels: data.channels, batch: micro,
                                height: data.height, width: data.width)
             let logits = model.forward(x, training: true)

@@ -66,3 +66,44 @@ final class BatchGatherTests: XCTestCase {
         XCTAssertEqual(set.subset([Int]()).count, 0)
     }
 }
+
+final class RandomTranslationTests: XCTestCase {
+    /// A shifted image is the original moved by (dy, dx) with the border
+    /// filled by the normalised zero pixel; the shift depends on the sample
+    /// index, not on its position in the batch.
+    func testShiftMovesPixelsAndFillsTheBorder() {
+        let h = 5, w = 6
+        let pixels = (0..<(2 * h * w)).map { Float($0 % 29) / 29 }
+        let data = Dataset(channels: 1, height: h, width: w, classes: 2, pixels: pixels, labels: [0, 1],
+                           mean: [0.5], std: [0.25])
+        var original = [Float](repeating: 0, count: 2 * h * w), labels: [Int32] = [0, 0]
+        data.gatherBatch([0, 1], pixels: &original, labels: &labels)
+        var shifted = original
+        let augment = RandomTranslation(maxShift: 2, seed: 9)
+        augment.apply(to: &shifted, indices: [0, 1], epoch: 3, dataset: data)
+        XCTAssertNotEqual(shifted, original)
+        for n in 0..<2 {
+            // Recover the shift by matching the original against the output.
+            var matched = false
+            for dy in -2...2 {
+                for dx in -2...2 {
+                    var ok = true
+                    for y in 0..<h {
+                        for x in 0..<w {
+                            let sy = y - dy, sx = x - dx
+                            let expected = (sy >= 0 && sy < h && sx >= 0 && sx < w) ? original[n * h * w + sy * w + sx] : -2
+                            if shifted[n * h * w + y * w + x] != expected { ok = false }
+                        }
+                    }
+                    if ok { matched = true }
+                }
+            }
+            XCTAssertTrue(matched, "sample \(n) is not a translation of the original")
+        }
+        // The same sample alone in a batch gets the same shift.
+        var single = Array(original[(h * w)...]), label: [Int32] = [0]
+        data.gatherBatch([1], pixels: &single, labels: &label)
+        augment.apply(to: &single, indices: [1], epoch: 3, dataset: data)
+        XCTAssertEqual(single, Array(shifted[(h * w)...]))
+    }
+}

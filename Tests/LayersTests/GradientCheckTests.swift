@@ -1,0 +1,251 @@
+import Kernels
+import Layers
+import XCTest
+
+/// Every layer's backward against central finite differences of the loss
+/// L = sum(y * r) for a fixed random r (so dL/dy = r).
+final class GradientCheckTests: XCTestCase {
+    // MARK: Conv2d
+
+    /// Checks dx, dW and (when present) the bias gradient of `conv` on a
+    /// random input of the given shape.
+    func checkConvolution(_ conv: Conv2d, store: ParameterStore, batch: Int, height: Int, width: Int, seed: UInt64,
+                          file: StaticString = #filePath, line: UInt = #line) {
+        var rng = SplitMix64(seed: seed)
+        fillUniform(store.parameters[conv.weight], &rng)
+        if let b = conv.bias { fillUniform(store.parameters[b], &rng) }
+        let x = OwnedMap(channels: conv.inChannels, batch: batch, height: height, width: width, random: &rng)
+        let r = OwnedMap(like: conv.forward(x.map), random: &rng)
+        store.gradients.zero()
+        let dx = Array(conv.backward(r.map).buffer)
+        let dW = Array(store.gradients[conv.weight])
+        let loss = { weightedSum(conv.forward(x.map), r.map) }
+
+        checkGradient("\(conv.name) dx", values: x.map.data, indices: sampleIndices(60, of: x.map.count, &rng),
+                      analytic: { dx[$0] }, eps: 1e-2, loss: loss, file: file, line: line)
+        checkGradient("\(conv.name) dW", values: store.parameters.pointer(conv.weight),
+                      indices: sampleIndices(60, of: conv.weight.count, &rng),
+                      analytic: { dW[$0] }, eps: 1e-2, loss: loss, file: file, line: line)
+        if let b = conv.bias {
+            let db = Array(store.gradients[b])
+            checkGradient("\(conv.name) bias", values: store.parameters.pointer(b), indices: Array(0..<b.count),
+                          analytic: { db[$0] }, eps: 1e-2, loss: loss, file: file, line: line)
+        }
+    }
+
+    func testConvolution3x3Stride1() {
+        let store = ParameterStore(), workspace = Workspace()
+        let conv = Conv2d(name: "conv", inChannels: 3, outChannels: 4, kernel: 3, stride: 1, padding: 1,
+                          store: store, workspace: workspace)
+        store.allocate()
+        checkConvolution(conv, store: store, batch: 2, height: 5, width: 6, seed: 1)
+    }
+
+    func testConvolution3x3Stride2OddSizesInChunks() {
+        let store = ParameterStore(), workspace = Workspace()
+        workspace.chunkElements = 1  // one image per chunk
+        let conv = Conv2d(name: "conv", inChannels: 2, outChannels: 3, kernel: 3, stride: 2, padding: 1,
+                          store: store, workspace: workspace)
+        store.allocate()
+        checkConvolution(conv, store: store, batch: 3, height: 7, width: 5, seed: 2)
+    }
+
+    func testConvolutionPointwise() {
+        let store = ParameterStore(), workspace = Workspace()
+        let conv = Conv2d(name: "conv", inChannels: 4, outChannels: 3, kernel: 1, store: store, workspace: workspace)
+        store.allocate()
+        checkConvolution(conv, store: store, batch: 2, height: 3, width: 5, seed: 3)
+    }
+
+    func testConvolutionDownsample() {
+        let store = ParameterStore(), workspace = Workspace()
+        let conv = Conv2d(name: "conv", inChannels: 3, outChannels: 4, kernel: 1, stride: 2,
+                          store: store, workspace: workspace)
+        store.allocate()
+        checkConvolution(conv, store: store, batch: 2, height: 5, width: 6, seed: 4)
+    }
+
+    func testLinear() {
+        let store = ParameterStore(), workspace = Workspace()
+        let fc = Conv2d.linear(name: "fc", inFeatures: 6, outFeatures: 4, store: store, workspace: workspace)
+        store.allocate()
+        checkConvolution(fc, store: store, batch: 3, height: 1, width: 1, seed: 5)
+    }
+
+    /// The chunked backward gives the same gradients as the one-chunk backward.
+    func testChunkedBackwardMatchesUnchunked() {
+        func gradients(chunkElements: Int) -> (dx: [Float], dW: [Float]) {
+            let store = ParameterStore(), workspace = Workspace()
+            workspace.chunkElements = chunkElements
+            let conv = Conv2d(name: "conv", inChannels: 3, outChannels: 4, kernel: 3, stride: 2, padding: 1,
+                              store: store, workspace: workspace)
+            store.allocate()
+            var rng = SplitMix64(seed: 6)
+            fillUniform(store.parameters[conv.weight], &rng)
+            let x = OwnedMap(channels: 3, batch: 3, height: 7, width: 5, random: &rng)
+            let r = OwnedMap(like: conv.forward(x.map), random: &rng)
+            store.gradients.zero()
+            let dx = Array(conv.backward(r.map).buffer)
+            return (dx, Array(store.gradients[conv.weight]))
+        }
+        let whole = gradients(chunkElements: 1 << 19)
+        for chunk in [1, 2 * 27 * 12] {
+            let chunked = gradients(chunkElements: chunk)
+            assertAllClose(chunked.dx, whole.dx, tolerance: 1e-5, "dx, chunkElements \(chunk)")
+            assertAllClose(chunked.dW, whole.dW, tolerance: 1e-5, "dW, chunkElements \(chunk)")
+        }
+    }
+
+    // MARK: BatchNorm2d
+
+    func testBatchNormTraining() {
+        let store = ParameterStore()
+        let bn = BatchNorm2d(name: "bn", channels: 3, store: store)
+        store.allocate()
+        var rng = SplitMix64(seed: 7)
+        fillUniform(store.parameters[bn.weight], &rng, range: 0.5...1.5)
+        fillUniform(store.parameters[bn.bias], &rng)
+        let x = OwnedMap(channels: 3, batch: 2, height: 3, width: 4, random: &rng, range: -2...2)
+        let r = OwnedMap(like: bn.forward(x.map, training: true), random: &rng)
+        store.gradients.zero()
+        let dx = Array(bn.backward(r.map).buffer)
+        let dGamma = Array(store.gradients[bn.weight]), dBeta = Array(store.gradients[bn.bias])
+        let loss = { weightedSum(bn.forward(x.map, training: true), r.map) }
+
+        checkGradient("bn dx", values: x.map.data, indices: Array(0..<x.map.count), analytic: { dx[$0] },
+                      eps: 1e-3, loss: loss)
+        checkGradient("bn dgamma", values: store.parameters.pointer(bn.weight), indices: Array(0..<3),
+                      analytic: { dGamma[$0] }, eps: 1e-3, loss: loss)
+        checkGradient("bn dbeta", values: store.parameters.pointer(bn.bias), indices: Array(0..<3),
+                      analytic: { dBeta[$0] }, eps: 1e-3, loss: loss)
+    }
+
+    // MARK: Element-wise layers and pooling
+
+    func testReLU() {
+        let relu = ReLU()
+        var rng = SplitMix64(seed: 8)
+        let x = OwnedMap(channels: 2, batch: 3, height: 3, width: 3, random: &rng)
+        let r = OwnedMap(like: relu.forward(x.map), random: &rng)
+        let dx = Array(relu.backward(r.map).buffer)
+        let eps: Float = 1e-2
+        checkGradient("relu dx", values: x.map.data, indices: Array(0..<x.map.count), analytic: { dx[$0] },
+                      eps: eps, skip: { abs(x.map.data[$0]) <= eps }) { weightedSum(relu.forward(x.map), r.map) }
+    }
+
+    func testAddReLU() {
+        let join = AddReLU()
+        var rng = SplitMix64(seed: 9)
+        let a = OwnedMap(channels: 2, batch: 2, height: 3, width: 4, random: &rng)
+        let b = OwnedMap(like: a.map, random: &rng)
+        let r = OwnedMap(like: join.forward(a.map, b.map), random: &rng)
+        let d = Array(join.backward(r.map).buffer)
+        let eps: Float = 1e-2
+        let nearKink = { (i: Int) in abs(a.map.data[i] + b.map.data[i]) <= 2 * eps }
+        let loss = { weightedSum(join.forward(a.map, b.map), r.map) }
+        checkGradient("add-relu da", values: a.map.data, indices: Array(0..<a.map.count), analytic: { d[$0] },
+                      eps: eps, skip: nearKink, loss: loss)
+        checkGradient("add-relu db", values: b.map.data, indices: Array(0..<b.map.count), analytic: { d[$0] },
+                      eps: eps, skip: nearKink, loss: loss)
+    }
+
+    func testGlobalAveragePool() {
+        let pool = GlobalAveragePool()
+        var rng = SplitMix64(seed: 10)
+        let x = OwnedMap(channels: 3, batch: 2, height: 3, width: 5, random: &rng)
+        let y = pool.forward(x.map)
+        XCTAssertEqual([y.channels, y.batch, y.height, y.width], [3, 2, 1, 1])
+        for c in 0..<3 {
+            for n in 0..<2 {
+                var mean: Double = 0
+                for i in 0..<15 { mean += Double(element(x.map, c, n, i / 5, i % 5)) / 15 }
+                assertClose(Double(element(y, c, n, 0, 0)), mean, tolerance: 1e-6)
+            }
+        }
+        let r = OwnedMap(like: y, random: &rng)
+        let dx = Array(pool.backward(r.map).buffer)
+        checkGradient("pool dx", values: x.map.data, indices: Array(0..<x.map.count), analytic: { dx[$0] },
+                      eps: 1e-2) { weightedSum(pool.forward(x.map), r.map) }
+    }
+
+    // MARK: Cross-entropy
+
+    func testSoftmaxCrossEntropy() {
+        let classes = 4, n = 3
+        var rng = SplitMix64(seed: 11)
+        let logits = OwnedMap(channels: classes, batch: n, height: 1, width: 1, random: &rng, range: -3...3)
+        let labels: [Int32] = [2, 0, 3]
+        var gradient = [Float](repeating: .nan, count: classes * n)
+        let result = softmaxCrossEntropy(logits: logits.map, labels: labels, gradient: &gradient,
+                                         gradientScale: 1 / Float(n))
+
+        // Reference loss and accuracy in Double.
+        var total: Double = 0, correct = 0
+        for j in 0..<n {
+            let z = (0..<classes).map { Double(logits.map.data[$0 * n + j]) }
+            total += log(z.map { exp($0) }.reduce(0, +)) - z[Int(labels[j])]
+            if z.indices.max(by: { z[$0] < z[$1] }) == Int(labels[j]) { correct += 1 }
+        }
+        assertClose(Double(result.loss), total / Double(n), tolerance: 1e-6, "mean loss")
+        XCTAssertEqual(result.correct, correct)
+
+        checkGradient("dlogits", values: logits.map.data, indices: Array(0..<classes * n), analytic: { gradient[$0] },
+                      eps: 1e-3) {
+            Double(softmaxCrossEntropy(logits: logits.map, labels: labels, gradient: nil, gradientScale: 1).loss)
+        }
+    }
+
+    // MARK: Composite: a residual block and a whole network
+
+    func testBasicBlockWithDownsample() {
+        let model = tinyResNet(seed: 12)
+        let block = model.stages[1][0]
+        XCTAssertNotNil(block.downsample, "the first block of stage 2 changes shape")
+        let store = model.store
+        var rng = SplitMix64(seed: 12)
+        let x = OwnedMap(channels: 2, batch: 2, height: 6, width: 6, random: &rng)
+        let y = block.forward(x.map, training: true)
+        XCTAssertEqual([y.channels, y.batch, y.height, y.width], [4, 2, 3, 3])
+        let r = OwnedMap(like: y, random: &rng)
+        store.gradients.zero()
+        let dx = Array(block.backward(r.map).buffer)
+        let gradients = Array(store.gradients.all)
+        let loss = { weightedSum(block.forward(x.map, training: true), r.map) }
+
+        checkGradient("block dx", values: x.map.data, indices: sampleIndices(40, of: x.map.count, &rng),
+                      analytic: { dx[$0] }, eps: 1e-3, detectKinks: true, loss: loss)
+        let blockSlots = store.parameterLayout.slots.filter {
+            $0.name.hasPrefix("layer2.0.") && [.weight, .normScale, .normShift].contains($0.role)
+        }
+        XCTAssertEqual(blockSlots.count, 3 * 3, "three convolutions and three batch norms (two tensors each)")
+        for s in blockSlots {
+            checkGradient(s.name, values: store.parameters.pointer(s), indices: sampleIndices(6, of: s.count, &rng),
+                          analytic: { gradients[s.offset + $0] }, eps: 1e-3, detectKinks: true, loss: loss)
+        }
+    }
+
+    func testTinyResNet() {
+        let model = tinyResNet(seed: 13)
+        let store = model.store
+        var rng = SplitMix64(seed: 13)
+        let images = OwnedMap(channels: 1, batch: 2, height: 6, width: 6, random: &rng)
+        let logits = model.forward(images.map, training: true)
+        XCTAssertEqual([logits.channels, logits.batch, logits.height, logits.width], [3, 2, 1, 1])
+        let r = OwnedMap(like: logits, random: &rng)
+        store.gradients.zero()
+        model.backward(r.map)
+        let gradients = Array(store.gradients.all)
+        let loss = { weightedSum(model.forward(images.map, training: true), r.map) }
+
+        let trained = store.parameterLayout.slots.filter { [.weight, .bias, .normScale, .normShift].contains($0.role) }
+        // conv1, bn1, two blocks (one with a downsample), fc.
+        XCTAssertEqual(trained.count, 1 + 2 + (2 + 4) + (3 + 6) + 2)
+        var checked = 0
+        for s in trained {
+            checked += checkGradient(s.name, values: store.parameters.pointer(s),
+                                     indices: sampleIndices(4, of: s.count, &rng),
+                                     analytic: { gradients[s.offset + $0] }, eps: 1e-3, detectKinks: true, loss: loss)
+        }
+        XCTAssertGreaterThan(checked, 50)
+    }
+}

@@ -48,11 +48,7 @@ struct Bench: ParsableCommand {
         let x = FeatureMap(data: images.pointer, channels: 1, batch: batch, height: 28, width: 28)
         if let policy {
             policy.apply(to: model)
-            let calibrator = MinMaxCalibrator(model: model)
-            model.disableQuantization()
-            _ = model.forward(x, training: false)
-            policy.apply(to: model)
-            calibrator.finish(communicator: SingleProcessCommunicator())
+            calibrate(model, communicator: SingleProcessCommunicator()) { _ = model.forward(x, training: false) }
         }
         let sgd = SGD(layout: model.store.parameterLayout, momentum: 0.9, weightDecay: 5e-4)
         let spans = model.store.allTrainedSpans

@@ -56,7 +56,7 @@ struct TrainCommand: ParsableCommand {
     var weightDecay: Float = 5e-4
 
     @Option(help: "Shift training images randomly by up to N pixels in x and y (0: no augmentation).")
-    var augmentShift = 2
+    var augmentShift = 0
 
     @Option(help: "Learning-rate schedule: \(LearningRateSchedule.allCases.map(\.rawValue).joined(separator: ", ")).")
     var schedule: LearningRateSchedule = .cosine
@@ -72,6 +72,15 @@ struct TrainCommand: ParsableCommand {
 
     @Option(help: "Training samples used to calibrate the quantizers.")
     var calibrationSamples = 512
+
+    @Option(help: "How weight ranges are chosen per channel: minmax, percentile or lp (L_p clip search, p = 2.4).")
+    var weightCalibration: RangeEstimator = .minMax
+
+    @Option(help: "How activation ranges are chosen per tensor: minmax, percentile or lp.")
+    var activationCalibration: RangeEstimator = .minMax
+
+    @Option(help: "Percentile kept by --*-calibration percentile.")
+    var percentile = 99.99
 
     @Option(help: "Train on a seeded random subset of this many training samples (default: all).")
     var trainSamples: Int?
@@ -114,6 +123,7 @@ struct TrainCommand: ParsableCommand {
         for (name, value) in [("--lr", lr), ("--qat-lr", qatLr)] where !(value > 0 && value.isFinite) {
             throw ValidationError("\(name) must be a positive number, got \(value)")
         }
+        if !(percentile > 50 && percentile <= 100) { throw ValidationError("--percentile must be in (50, 100], got \(percentile)") }
         if augmentShift < 0 { throw ValidationError("--augment-shift must be 0 or more, got \(augmentShift)") }
         if let trainSamples, trainSamples <= 0 { throw ValidationError("--train-samples must be positive, got \(trainSamples)") }
         if let threads, threads <= 0 { throw ValidationError("--threads must be positive, got \(threads)") }
@@ -160,6 +170,8 @@ struct TrainCommand: ParsableCommand {
         options.dataset = dataset
         options.widthMultiplier = width
         options.calibrationSamples = calibrationSamples
+        options.calibration = CalibrationOptions(weights: weightCalibration, activations: activationCalibration)
+        options.calibration.percentile = percentile
         options.resume = resume
         options.retrainFP32 = retrainFP32
         options.checkpointEvery = checkpointEvery
@@ -170,4 +182,5 @@ struct TrainCommand: ParsableCommand {
 }
 
 extension DatasetFormat: ExpressibleByArgument {}
+extension RangeEstimator: ExpressibleByArgument {}
 extension LearningRateSchedule: ExpressibleByArgument {}

@@ -47,11 +47,17 @@ public func fakeQuantize(
     _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int,
     step: Float, zeroPoint z: Float, grid: QuantGrid
 ) {
-    let inv = 1 / step, lo = grid.qmin, hi = grid.qmax
+    let inv = 1 / step
     for i in 0..<count {
-        let q = min(max(roundToEven(x[i] * inv) + z, lo), hi)
-        y[i] = (q - z) * step
+        y[i] = fakeQuantize(x[i], inverseStep: inv, step: step, zeroPoint: z, grid: grid)
     }
+}
+
+/// One value through the fake quantizer; `inverseStep` is 1 / step, passed
+/// in so loops compute it once.
+@inline(__always)
+public func fakeQuantize(_ x: Float, inverseStep: Float, step: Float, zeroPoint z: Float, grid: QuantGrid) -> Float {
+    (min(max(roundToEven(x * inverseStep) + z, grid.qmin), grid.qmax) - z) * step
 }
 
 /// Backward of `fakeQuantize` with the straight-through estimator and LSQ.

@@ -17,6 +17,7 @@ public struct PipelineOptions: Sendable {
     public var policy: QuantizationPolicy
     /// Training samples whose activations set the quantizer ranges.
     public var calibrationSamples = 512
+    public var calibration = CalibrationOptions()
     /// A checkpoint to continue from: a path, or "auto" for the run's own.
     public var resume: String?
     /// Train the FP32 model even if the output folder has one.
@@ -138,8 +139,9 @@ public final class Pipeline {
             ptqStage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
         }
         results.append(ptqStage)
-        log.say(String(format: "PTQ %@ test accuracy %.2f%% (min-max calibration on %d samples)",
-                       bitsLabel, ptqStage.accuracy * 100, options.calibrationSamples))
+        log.say(String(format: "PTQ %@ test accuracy %.2f%% (weights %@, activations %@, %d calibration samples)",
+                       bitsLabel, ptqStage.accuracy * 100, options.calibration.weights.rawValue,
+                       options.calibration.activations.rawValue, options.calibrationSamples))
         log.record("eval", ["stage": "ptq", "accuracy": ptqStage.accuracy])
 
         // 3. QAT.
@@ -171,14 +173,13 @@ public final class Pipeline {
     /// Min-max calibration on a fixed, seeded subset of the training set,
     /// sharded over ranks; the ranges are reduced so all ranks agree.
     private func calibrate(_ model: ResNet, on train: Dataset) {
-        let calibrator = MinMaxCalibrator(model: model)
-        model.withQuantizationDisabled {
-            var rng = SplitMix64(seed: options.qat.seed, stream: [0x4341_4C49])
-            let chosen = Array(rng.permutation(train.count).prefix(options.calibrationSamples))
-            let shard = contiguousShard(count: chosen.count, rank: communicator.rank, worldSize: communicator.size)
-            let batch = 128
-            let images = FloatBuffer(capacity: batch * train.sampleSize)
-            var labels = [Int32](repeating: 0, count: batch)
+        var rng = SplitMix64(seed: options.qat.seed, stream: [0x4341_4C49])
+        let chosen = Array(rng.permutation(train.count).prefix(options.calibrationSamples))
+        let shard = contiguousShard(count: chosen.count, rank: communicator.rank, worldSize: communicator.size)
+        let batch = 128
+        let images = FloatBuffer(capacity: batch * train.sampleSize)
+        var labels = [Int32](repeating: 0, count: batch)
+        Quantization.calibrate(model, options: options.calibration, communicator: communicator) {
             for start in stride(from: shard.lowerBound, to: shard.upperBound, by: batch) {
                 let indices = chosen[start..<min(start + batch, shard.upperBound)]
                 labels.withUnsafeMutableBufferPointer { train.gatherBatch(indices, pixels: images.pointer, labels: $0.baseAddress!) }
@@ -186,7 +187,6 @@ public final class Pipeline {
                                              height: train.height, width: train.width), training: false)
             }
         }
-        calibrator.finish(communicator: communicator)
     }
 
     // MARK: Checkpoints
@@ -295,20 +295,6 @@ public final class Pipeline {
                                      "samples_per_s": $0.samplesPerSecond, "bytes_reduced": $0.bytesReduced] },
             "total_seconds": totalSeconds, "world_size": communicator.size,
         ])
-    }
-}
-
-extension ResNet {
-    /// Runs `body` with quantization off (the FP32 forward), then restores
-    /// each quantizer's on/off state.
-    func withQuantizationDisabled(_ body: () -> Void) {
-        let saved = layers.map { ($0.weightQuantizer.enabled, $0.inputQuantizer.enabled) }
-        disableQuantization()
-        body()
-        for (layer, (w, a)) in zip(layers, saved) {
-            layer.weightQuantizer.enabled = w
-            layer.inputQuantizer.enabled = a
-        }
     }
 }
 

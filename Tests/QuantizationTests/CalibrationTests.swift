@@ -13,39 +13,36 @@ final class CalibrationTests: XCTestCase {
         let high: [Float]
     }
 
-    /// Applies `policy`, runs two calibration batches through the
-    /// floating-point model (quantization off, as the trainer does), then
-    /// `finish`. Records each layer's input range independently by chaining
-    /// onto the calibrator's observers.
-    func calibrate(_ policy: QuantizationPolicy, seed: UInt64 = 1) -> Calibrated {
+    /// Applies `policy` and calibrates on two batches. Records each layer's
+    /// input range independently, in a pass of its own, for the checks.
+    func calibrate(_ policy: QuantizationPolicy, seed: UInt64 = 1,
+                   options: CalibrationOptions = CalibrationOptions()) -> Calibrated {
         let model = tinyResNet(seed: seed)
         policy.apply(to: model)
         let enabled = model.layers.map { ($0.weightQuantizer.enabled, $0.inputQuantizer.enabled) }
-        let calibrator = MinMaxCalibrator(model: model)
+        var rng = SplitMix64(seed: seed, stream: [1])
+        let batches = [3, 2].map { OwnedMap(channels: 1, batch: $0, height: 6, width: 6, random: &rng, range: -1...2) }
+        // The observed input range of every layer, recorded independently.
         var low = [Float](repeating: .infinity, count: model.layers.count)
         var high = [Float](repeating: -.infinity, count: model.layers.count)
         for (i, layer) in model.layers.enumerated() {
-            let calibratorObserver = layer.inputObserver
-            XCTAssertNotNil(calibratorObserver, "\(layer.name) is observed")
             layer.inputObserver = { x in
-                calibratorObserver?(x)
                 for j in 0..<x.count {
                     low[i] = min(low[i], x.data[j])
                     high[i] = max(high[i], x.data[j])
                 }
             }
         }
-        model.disableQuantization()
-        var rng = SplitMix64(seed: seed, stream: [1])
-        for batch in [3, 2] {
-            let images = OwnedMap(channels: 1, batch: batch, height: 6, width: 6, random: &rng, range: -1...2)
-            _ = model.forward(images.map, training: false)
+        model.withQuantizationDisabled { for images in batches { _ = model.forward(images.map, training: false) } }
+        for layer in model.layers { layer.inputObserver = nil }
+
+        Quantization.calibrate(model, options: options, communicator: SingleProcessCommunicator()) {
+            for images in batches { _ = model.forward(images.map, training: false) }
         }
         for (layer, (w, a)) in zip(model.layers, enabled) {
-            layer.weightQuantizer.enabled = w
-            layer.inputQuantizer.enabled = a
+            XCTAssertEqual(layer.weightQuantizer.enabled, w, "\(layer.name): switches kept")
+            XCTAssertEqual(layer.inputQuantizer.enabled, a, "\(layer.name): switches kept")
         }
-        calibrator.finish(communicator: SingleProcessCommunicator())
         return Calibrated(model: model, low: low, high: high)
     }
 
@@ -144,5 +141,53 @@ final class CalibrationTests: XCTestCase {
         // The calibrated grid covers the observed range to within half a step.
         XCTAssertEqual(Double(s * (0 - z)), Double(c.low[0]), accuracy: Double(s) / 2 + 1e-6)
         XCTAssertEqual(Double(s * (255 - z)), Double(c.high[0]), accuracy: Double(s) / 2 + 1e-6)
+    }
+
+    /// L_p search never does worse than min-max on its own objective, and
+    /// clips a heavy-tailed row well inside its largest value.
+    func testLpWeightSearchClipsOutliers() {
+        let store = ParameterStore()
+        let layer = Conv2d(name: "conv", inChannels: 64, outChannels: 2, kernel: 3, padding: 1,
+                           store: store, workspace: Workspace())
+        store.allocate()
+        layer.weightQuantizer.grid = QuantGrid(bits: 4, signed: true)
+        layer.weightQuantizer.enabled = true
+        let w = store.parameters[layer.weight], K = layer.weight.rowLength
+        var rng = SplitMix64(seed: 11)
+        for i in w.indices { w[i] = rng.nextNormal() }
+        w[0] = 8  // one outlier in row 0
+        func error(row r: Int) -> Float {
+            var q = [Float](repeating: 0, count: K)
+            fakeQuantize(store.parameters.pointer(layer.weight) + r * K, &q, count: K,
+                         step: store.parameters[layer.weightQuantizer.step][r], zeroPoint: 0, grid: layer.weightQuantizer.grid)
+            return (0..<K).reduce(0) { $0 + powf(abs(w[r * K + $1] - q[$1]), 2.4) }
+        }
+        calibrateWeights(of: layer, store: store, options: CalibrationOptions(weights: .minMax, activations: .minMax))
+        let minMax = (0..<2).map(error)
+        let minMaxStep = store.parameters[layer.weightQuantizer.step][0]
+        calibrateWeights(of: layer, store: store, options: CalibrationOptions(weights: .lp, activations: .minMax))
+        for r in 0..<2 { XCTAssertLessThanOrEqual(error(row: r), minMax[r] * (1 + 1e-5), "row \(r)") }
+        XCTAssertLessThan(error(row: 0), minMax[0] * 0.8)
+        XCTAssertLessThan(store.parameters[layer.weightQuantizer.step][0], minMaxStep * 0.9)
+    }
+
+    /// Percentile 100 is the min-max range to within a histogram bin; a
+    /// lower percentile and the L_p search clip activations tighter.
+    func testHistogramEstimators() {
+        let policy = QuantizationPolicy(weightBits: 4, activationBits: 4)
+        let minMax = calibrate(policy)
+        var full = CalibrationOptions(weights: .minMax, activations: .percentile)
+        full.percentile = 100
+        var clipped = full
+        clipped.percentile = 90
+        let wide = calibrate(policy, options: full), tight = calibrate(policy, options: clipped)
+        let lp = calibrate(policy, options: CalibrationOptions(weights: .minMax, activations: .lp))
+        for (i, layer) in minMax.model.layers.enumerated() where layer.inputQuantizer.enabled {
+            let step = { (c: Calibrated) in c.model.store.parameters[c.model.layers[i].inputQuantizer.step][0] }
+            let bin = (minMax.high[i] - min(minMax.low[i], 0)) / Float(full.histogramBins)
+            XCTAssertEqual(step(wide) * 15, step(minMax) * 15, accuracy: bin * 1.01, layer.name)
+            XCTAssertLessThan(step(tight), step(minMax), layer.name)
+            XCTAssertLessThanOrEqual(step(lp), step(minMax) * (1 + 1e-6), layer.name)
+        }
     }
 }

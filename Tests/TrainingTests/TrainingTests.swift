@@ -41,14 +41,13 @@ func snapshot(_ model: ResNet) -> [UInt32] {
 
 /// W4A4 with min-max ranges from one pass over `data`.
 func quantize(_ model: ResNet, data: Dataset) {
-    let policy = QuantizationPolicy(weightBits: 4, activationBits: 4)
-    let calibrator = MinMaxCalibrator(model: model)
+    QuantizationPolicy(weightBits: 4, activationBits: 4).apply(to: model)
     let images = FloatBuffer(capacity: data.count * data.sampleSize)
     var labels = [Int32](repeating: 0, count: data.count)
     labels.withUnsafeMutableBufferPointer { data.gatherBatch(0..<data.count, pixels: images.pointer, labels: $0.baseAddress!) }
-    _ = model.forward(FeatureMap(data: images.pointer, channels: 1, batch: data.count, height: 8, width: 8), training: false)
-    policy.apply(to: model)
-    calibrator.finish(communicator: SingleProcessCommunicator())
+    calibrate(model, communicator: SingleProcessCommunicator()) {
+        _ = model.forward(FeatureMap(data: images.pointer, channels: 1, batch: data.count, height: 8, width: 8), training: false)
+    }
 }
 
 final class TrainingTests: XCTestCase {

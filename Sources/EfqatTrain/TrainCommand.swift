@@ -1,16 +1,18 @@
 import ArgumentParser
 import Data
+import Distributed
 import Foundation
 import Quantization
 import Training
 
-/// `efqat-train`: the default job. Every option has a default, so running
-/// it with no arguments trains, quantizes and evaluates the MNIST ResNet-20.
-struct TrainCommand: ParsableCommand {
+/// `efqat-train [train]`: the default job. Every option has a default, so
+/// running it with no arguments trains, quantizes and evaluates the MNIST
+/// ResNet-20.
+struct TrainCommand: RankCommand {
     static let configuration = CommandConfiguration(
-        commandName: "efqat-train",
-        abstract: "Turn a pretrained FP32 ResNet into an accurate low-bit one: FP32 training (or reuse), "
-            + "PTQ calibration, then quantization-aware training, data-parallel over MPI.",
+        commandName: "train",
+        abstract: "The default job: FP32 training (or reuse), PTQ calibration, then quantization-aware "
+            + "training, data-parallel over MPI.",
         discussion: """
         Run it alone for one process, or under mpirun or srun for data parallelism; launch/run.sh \
         runs `mpirun -n 8` with oversubscription, one OpenBLAS thread per rank and yielding waits.
@@ -100,8 +102,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Also checkpoint every N steps (0: at the end of each epoch only).")
     var checkpointEvery = 0
 
-    @Option(help: "OpenBLAS threads per rank (default: 1 under MPI, all cores alone).")
-    var threads: Int?
+    @OptionGroup var runtime: RuntimeOptions
 
     @Option(help: "Log a line (and a metrics record) every N steps when not on a terminal.")
     var logEvery = 10
@@ -126,7 +127,6 @@ struct TrainCommand: ParsableCommand {
         if !(percentile > 50 && percentile <= 100) { throw ValidationError("--percentile must be in (50, 100], got \(percentile)") }
         if augmentShift < 0 { throw ValidationError("--augment-shift must be 0 or more, got \(augmentShift)") }
         if let trainSamples, trainSamples <= 0 { throw ValidationError("--train-samples must be positive, got \(trainSamples)") }
-        if let threads, threads <= 0 { throw ValidationError("--threads must be positive, got \(threads)") }
         _ = try policy()
         _ = try failure()
     }
@@ -178,6 +178,12 @@ struct TrainCommand: ParsableCommand {
         options.injectFailure = try failure()
         options.trainSamples = trainSamples
         return options
+    }
+}
+
+extension TrainCommand {
+    func run(communicator: Communicator) throws {
+        try Pipeline(options: try pipelineOptions(repositoryCache: defaultDataDirectory()), communicator: communicator).run()
     }
 }
 

@@ -9,12 +9,17 @@ import Training
 let launcherRank = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"]
     .compactMap { ProcessInfo.processInfo.environment[$0].flatMap(Int.init) }.first ?? 0
 
-let command: TrainCommand
+let parsed: ParsableCommand
 do {
-    command = try TrainCommand.parse(Array(CommandLine.arguments.dropFirst()))
+    parsed = try EfqatTrain.parseAsRoot(Array(CommandLine.arguments.dropFirst()))
 } catch {
-    if launcherRank == 0 { TrainCommand.exit(withError: error) }
-    exit(TrainCommand.exitCode(for: error).rawValue)
+    if launcherRank == 0 { EfqatTrain.exit(withError: error) }
+    exit(EfqatTrain.exitCode(for: error).rawValue)
+}
+guard let command = parsed as? RankCommand else {
+    // --help, --version and the like.
+    do { var other = parsed; try other.run() } catch { EfqatTrain.exit(withError: error) }
+    exit(0)
 }
 
 // Ranks waiting in a collective must give the core to ranks that compute
@@ -32,18 +37,10 @@ if MPICommunicator.launchedByMPI {
     communicator = SingleProcessCommunicator()
 }
 let cores = ProcessInfo.processInfo.activeProcessorCount
-setBLASThreads(command.threads ?? max(1, cores / communicator.localSize))
-
-/// The repository's data cache, where launch/setup-data.sh puts MNIST.
-func defaultDataDirectory() -> String {
-    if let cache = ProcessInfo.processInfo.environment["EFQAT_CACHE"] { return cache + "/mnist" }
-    return FileManager.default.currentDirectoryPath + "/cache/mnist"
-}
+setBLASThreads(command.runtime.threads ?? max(1, cores / communicator.localSize))
 
 do {
-    let pipeline = try Pipeline(options: try command.pipelineOptions(repositoryCache: defaultDataDirectory()),
-                                communicator: communicator)
-    try pipeline.run()
+    try command.run(communicator: communicator)
 } catch {
     // Every rank usually meets the same error (bad data, bad checkpoint):
     // rank 0 reports it and ends the job. A rank that fails alone waits a

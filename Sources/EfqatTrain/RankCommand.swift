@@ -10,7 +10,7 @@ struct EfqatTrain: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "efqat-train",
         abstract: "Turn a pretrained FP32 ResNet into an accurate low-bit one, data-parallel over MPI.",
-        subcommands: [TrainCommand.self],
+        subcommands: [TrainCommand.self, SearchBitsCommand.self],
         defaultSubcommand: TrainCommand.self)
 }
 

@@ -72,6 +72,11 @@ struct TrainCommand: RankCommand {
     @Option(help: "Per-layer bits, e.g. 'layer1.0.conv1=W4A8,fc=W8A8' (A- keeps the input in float).")
     var layerBits: String?
 
+    @Option(name: .customLong("mixquant"),
+            help: "Search per-layer weight bits before calibration (MixQuant): threshold:<multiplier> or budget:<mean bits>; --layer-bits still wins.",
+            transform: { try MixQuantRule(parsing: $0) })
+    var mixQuant: MixQuantRule?
+
     @Option(help: "Training samples used to calibrate the quantizers.")
     var calibrationSamples = 512
 
@@ -172,6 +177,7 @@ struct TrainCommand: RankCommand {
         options.calibrationSamples = calibrationSamples
         options.calibration = CalibrationOptions(weights: weightCalibration, activations: activationCalibration)
         options.calibration.percentile = percentile
+        options.mixQuant = mixQuant.map { MixQuantOptions(rule: $0) }
         options.resume = resume
         options.retrainFP32 = retrainFP32
         options.checkpointEvery = checkpointEvery

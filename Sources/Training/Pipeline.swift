@@ -18,6 +18,9 @@ public struct PipelineOptions: Sendable {
     /// Training samples whose activations set the quantizer ranges.
     public var calibrationSamples = 512
     public var calibration = CalibrationOptions()
+    /// Run the MixQuant bit search on the FP32 model before calibration and
+    /// use its per-layer weight bits (explicit `policy.overrides` still win).
+    public var mixQuant: MixQuantOptions?
     /// A checkpoint to continue from: a path, or "auto" for the run's own.
     public var resume: String?
     /// Train the FP32 model even if the output folder has one.
@@ -124,9 +127,23 @@ public final class Pipeline {
         log.record("eval", ["stage": "fp32", "accuracy": fp32Stage.accuracy])
 
         // 2. Calibration (PTQ), unless a QAT checkpoint carries it.
-        let policy = options.policy
+        var policy = options.policy
+        var bitsLabel = "W\(policy.weightBits)A\(policy.activationBits)"
+        if let mixQuant = options.mixQuant {
+            // The search needs FP32 weights, which a QAT resume has not loaded: it reads them from fp32.safetensors.
+            var fp32Model = model
+            if resumePhase == "qat" {
+                fp32Model = ResNet(config)
+                try ModelCheckpoint.restore(try SafeTensorsFile.read(from: fp32Path), path: fp32Path, into: fp32Model,
+                                            requireQuantizers: false, optimizer: nil)
+            }
+            let search = try MixQuant.search(fp32Model, policy: policy, options: mixQuant, calibration: options.calibration)
+            policy.overrides = search.overrides.merging(policy.overrides) { _, explicit in explicit }
+            log.say(search.render())
+            log.record("mixquant", search.record)
+            bitsLabel = String(format: "MixQuant W%.2fA%d", search.meanBits, policy.activationBits)
+        }
         policy.apply(to: model)
-        let bitsLabel = "W\(policy.weightBits)A\(policy.activationBits)"
         var ptqStage = StageResult(name: "PTQ \(bitsLabel)", accuracy: 0, seconds: 0, samplesPerSecond: 0, bytesReduced: 0)
         let qatTrainer = try Trainer(model: model, data: train, options: options.qat, communicator: communicator, log: log)
         if resumePhase == "qat", let resumed {

@@ -1,0 +1,132 @@
+# Shared settings of launch/run.sh and launch/test.sh. Source it from bash:
+#
+#   source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+#
+# It defines:
+#   EFQAT_ROOT            the repository root
+#   efqat_say TEXT        a progress line ("==> TEXT") on stderr
+#   ensure_dependencies   installs what is missing (apt: Open MPI, OpenBLAS,
+#                         pkg-config; pip: safetensors, numpy), and nothing
+#                         when everything is present
+#   EFQAT_BUILD_DIR       SwiftPM's build folder (default <repo>/.build)
+#   efqat_build LOG ARGS  `swift build ARGS` in the repository, quiet unless it fails
+#   efqat_mpirun N CMD... runs CMD on N ranks with the flags this machine needs
+#
+# Environment it reads: EFQAT_MPIRUN_ARGS (extra mpirun options, split on
+# spaces), EFQAT_CACHE (data cache, default <repo>/cache), EFQAT_BUILD_DIR.
+
+EFQAT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export EFQAT_CACHE="${EFQAT_CACHE:-$EFQAT_ROOT/cache}"
+EFQAT_BUILD_DIR="${EFQAT_BUILD_DIR:-$EFQAT_ROOT/.build}"
+[[ "$EFQAT_BUILD_DIR" == /* ]] || EFQAT_BUILD_DIR="$EFQAT_ROOT/$EFQAT_BUILD_DIR"
+
+# The Swift toolchain of this image lives in /opt/swift.
+if ! command -v swift >/dev/null 2>&1 && [[ -x /opt/swift/usr/bin/swift ]]; then
+    export PATH="/opt/swift/usr/bin:$PATH"
+fi
+
+efqat_say() {
+    echo "==> $*" >&2
+}
+
+# Runs "$@" as root: directly when we are root, else through sudo (which
+# must not need a password: these scripts run unattended).
+_efqat_as_root() {
+    if [[ "$(id -u)" -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n "$@"
+    else
+        echo "error: '$*' needs root; run as root or install sudo" >&2
+        return 1
+    fi
+}
+
+_efqat_apt_updated=0
+_efqat_apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    if [[ "$_efqat_apt_updated" -eq 0 ]]; then
+        efqat_say "apt-get update"
+        _efqat_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >/dev/null \
+            || { echo "error: apt-get update failed" >&2; return 1; }
+        _efqat_apt_updated=1
+    fi
+    efqat_say "apt-get install $*"
+    _efqat_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" </dev/null >/dev/null \
+        || { echo "error: apt-get install $* failed" >&2; return 1; }
+}
+
+ensure_dependencies() {
+    if command -v dpkg >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+        local wanted=(libopenmpi-dev openmpi-bin libopenblas-dev pkg-config)
+        if ! command -v python3 >/dev/null 2>&1; then wanted+=(python3); fi
+        local missing=() package
+        for package in "${wanted[@]}"; do
+            dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+        done
+        if ((${#missing[@]} > 0)); then
+            _efqat_apt_install "${missing[@]}" || return 1
+        fi
+        if ! python3 -m pip --version >/dev/null 2>&1; then
+            _efqat_apt_install python3-pip || return 1
+        fi
+    else
+        # Not Debian/Ubuntu: say what is missing instead of guessing a package manager.
+        local tool
+        for tool in mpirun pkg-config python3; do
+            command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is missing; install Open MPI, OpenBLAS, pkg-config and python3" >&2; return 1; }
+        done
+        pkg-config --exists ompi openblas 2>/dev/null \
+            || { echo "error: pkg-config finds no ompi/openblas; install the Open MPI and OpenBLAS development packages" >&2; return 1; }
+    fi
+    if ! python3 -c 'import safetensors, numpy' >/dev/null 2>&1; then
+        efqat_say "pip install safetensors numpy"
+        # A distribution's own python3 refuses plain pip installs (PEP 668).
+        python3 -m pip install -q safetensors numpy </dev/null \
+            || python3 -m pip install -q --break-system-packages safetensors numpy </dev/null \
+            || { echo "error: could not install Python's safetensors and numpy" >&2; return 1; }
+    fi
+    command -v swift >/dev/null 2>&1 \
+        || { echo "error: swift is not on PATH (nor in /opt/swift/usr/bin); install Swift 6" >&2; return 1; }
+}
+
+# efqat_build LOG swift-build-arguments...: builds, writing the compiler's
+# output to LOG; prints it only when the build fails.
+efqat_build() {
+    local log="$1"
+    shift
+    mkdir -p "$(dirname "$log")"
+    local started=$SECONDS
+    if (cd "$EFQAT_ROOT" && swift build --scratch-path "$EFQAT_BUILD_DIR" "$@") >"$log" 2>&1; then
+        efqat_say "built in $((SECONDS - started)) s (log: ${log#"$EFQAT_ROOT"/})"
+    else
+        cat "$log" >&2
+        echo "error: swift build $* failed (log: $log)" >&2
+        return 1
+    fi
+}
+
+# The mpirun flags for this kind of machine: as root Open MPI wants
+# --allow-run-as-root; more ranks than cores need --oversubscribe; with
+# several ranks per core, binding hurts, waiting ranks must yield their core
+# and each rank runs one OpenBLAS thread.
+efqat_mpirun_flags() {
+    EFQAT_MPIRUN_FLAGS=(--oversubscribe --bind-to none)
+    if [[ "$(id -u)" -eq 0 ]]; then EFQAT_MPIRUN_FLAGS+=(--allow-run-as-root); fi
+    EFQAT_MPIRUN_FLAGS+=(-x OPENBLAS_NUM_THREADS=1 -x OMPI_MCA_mpi_yield_when_idle=1 -x EFQAT_CACHE)
+    if [[ -n "${EFQAT_PROGRESS:-}" ]]; then EFQAT_MPIRUN_FLAGS+=(-x EFQAT_PROGRESS); fi
+    if [[ -n "${EFQAT_MPIRUN_ARGS:-}" ]]; then
+        local extra
+        read -r -a extra <<<"$EFQAT_MPIRUN_ARGS"
+        EFQAT_MPIRUN_FLAGS+=("${extra[@]}")
+    fi
+}
+
+# efqat_mpirun N command [arguments...]
+efqat_mpirun() {
+    local ranks="$1"
+    shift
+    efqat_mpirun_flags
+    OPENBLAS_NUM_THREADS=1 OMPI_MCA_mpi_yield_when_idle=1 \
+        mpirun -n "$ranks" "${EFQAT_MPIRUN_FLAGS[@]}" "$@"
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test: installs what is missing, fetches MNIST, builds all
+# products in release mode, then `swift test -c release`.
+#
+#   launch/test.sh [swift test options...]     e.g. --filter DistributedTests
+#
+# The DistributedTests start real mpirun jobs of the built efqat-train.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+started=$SECONDS
+ensure_dependencies
+bash "$EFQAT_ROOT/launch/setup-data.sh" >&2
+
+efqat_say "building all products (release)"
+efqat_build "$EFQAT_BUILD_DIR/launch-build.log" -c release
+
+# The tests' own mpirun jobs set their flags; these keep any other MPI or
+# BLAS use in the test process polite on a small machine.
+export OMPI_MCA_mpi_yield_when_idle=1
+export EFQAT_PROGRESS="${EFQAT_PROGRESS:-lines}"
+
+efqat_say "swift test -c release $*"
+cd "$EFQAT_ROOT"
+status=0
+swift test -c release --scratch-path "$EFQAT_BUILD_DIR" "$@" || status=$?
+efqat_say "launch/test.sh finished in $((SECONDS - started)) s (exit status $status)"
+exit "$status"

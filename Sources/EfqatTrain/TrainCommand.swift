@@ -89,6 +89,24 @@ struct TrainCommand: RankCommand {
     @Option(help: "Percentile kept by --*-calibration percentile.")
     var percentile = 99.99
 
+    @Flag(help: "After calibration, reconstruct rounding and steps block by block (Genie-M / BRECQ with QDrop).")
+    var reconstruct = false
+
+    @Option(help: "Calibration images used by --reconstruct (reference: 1024).")
+    var reconstructionSamples = 256
+
+    @Option(help: "Iterations per block of --reconstruct (reference: 20000).")
+    var reconstructionIterations = 400
+
+    @Option(help: "Batch size of --reconstruct.")
+    var reconstructionBatch = 32
+
+    @Option(help: "Weight of the rounding regulariser of --reconstruct (Genie: 1.0, BRECQ: 0.01).")
+    var roundingWeight: Float = 1.0
+
+    @Flag(inversion: .prefixedNo, help: "QDrop during --reconstruct: mix float and quantized block inputs 50/50.")
+    var qdrop = true
+
     @Option(help: "Train on a seeded random subset of this many training samples (default: all).")
     var trainSamples: Int?
 
@@ -177,6 +195,17 @@ struct TrainCommand: RankCommand {
         options.calibrationSamples = calibrationSamples
         options.calibration = CalibrationOptions(weights: weightCalibration, activations: activationCalibration)
         options.calibration.percentile = percentile
+        if reconstruct {
+            var reconstruction = ReconstructionOptions()
+            reconstruction.samples = reconstructionSamples
+            reconstruction.iterations = reconstructionIterations
+            reconstruction.batchSize = reconstructionBatch
+            reconstruction.roundingWeight = roundingWeight
+            reconstruction.qdrop = qdrop
+            reconstruction.seed = seed
+            if let problem = reconstruction.problem { throw ValidationError(problem) }
+            options.reconstruction = reconstruction
+        }
         options.mixQuant = mixQuant.map { MixQuantOptions(rule: $0) }
         options.resume = resume
         options.retrainFP32 = retrainFP32

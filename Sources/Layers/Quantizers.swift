@@ -10,6 +10,9 @@ public final class WeightQuantizer {
     public let step: ParameterSlot
     public var grid: QuantGrid
     public var enabled = false
+    /// AdaRound soft rounding instead of round-to-nearest while set (block
+    /// reconstruction); applies only when `enabled`. See `SoftRounding`.
+    public var softRounding: SoftRounding?
 
     init(layer: String, rows: Int, store: ParameterStore) {
         step = store.register("\(layer).weight_quantizer.step", shape: [rows], role: .weightStep)
@@ -19,6 +22,10 @@ public final class WeightQuantizer {
     /// Writes the fake-quantized rows of `weight` (rows x rowLength) into `out`.
     func forward(_ weight: UnsafePointer<Float>, rows: Int, rowLength: Int,
                  steps: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+        if let softRounding {
+            softRounding.forward(rows: rows, rowLength: rowLength, steps: steps, grid: grid, into: out)
+            return
+        }
         for r in 0..<rows {
             fakeQuantize(weight + r * rowLength, out + r * rowLength, count: rowLength,
                          step: steps[r], zeroPoint: 0, grid: grid)
@@ -30,6 +37,11 @@ public final class WeightQuantizer {
     func backward(_ weight: UnsafePointer<Float>, rows: [Range<Int>], rowLength: Int,
                   steps: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>,
                   weightGradient: UnsafeMutablePointer<Float>, stepGradient: UnsafeMutablePointer<Float>) {
+        if let softRounding {
+            softRounding.backward(rows: rows, rowLength: rowLength, steps: steps, grid: grid,
+                                  gradient: scratch, stepGradient: stepGradient)
+            return
+        }
         let scale = grid.lsqGradientScale(elements: rowLength)
         for run in rows {
             for r in run {
@@ -60,3 +72,84 @@ public final class ActivationQuantizer {
         grid = QuantGrid(bits: 8, signed: false)
     }
 }
+
+/// AdaRound soft rounding with a learned step (Genie-M): the weight
+/// quantizer's mode during block reconstruction. With h the rectified
+/// sigmoid h(V) = clamp(sigmoid(V) * (zeta - gamma) + gamma, 0, 1),
+///
+///     W_q = s * clamp(B + h(V), qmin, qmax)      (symmetric, z = 0)
+///
+/// where B = floor(W / s0) is frozen and V (one logit per weight) and the
+/// per-row step s are learned. Backward gives
+///     dL/dV = dL/dW_q * s * h'(V)   where qmin <= B + h(V) <= qmax, else 0,
+///     dL/ds = sum over the row of dL/dW_q * clamp(B + h(V), qmin, qmax),
+/// with h'(V) = sigmoid'(V) * (zeta - gamma) where 0 < h < 1, else 0; the
+/// step gradient is not LSQ-scaled and W itself gets no gradient.
+/// The buffers (rows x rowLength, laid out like the weight) belong to the
+/// caller and must outlive the mode.
+public struct SoftRounding {
+    public static let zeta: Float = 1.1
+    public static let gamma: Float = -0.1
+
+    /// B = floor(W / s0), integers held as Float.
+    public var base: UnsafePointer<Float>
+    /// V, the rounding logits.
+    public var logits: UnsafePointer<Float>
+    /// Backward adds dL/dV here.
+    public var logitGradient: UnsafeMutablePointer<Float>
+
+    public init(base: UnsafePointer<Float>, logits: UnsafePointer<Float>, logitGradient: UnsafeMutablePointer<Float>) {
+        self.base = base
+        self.logits = logits
+        self.logitGradient = logitGradient
+    }
+
+    @inline(__always)
+    static func sigmoid(_ v: Float) -> Float { 1 / (1 + expf(-v)) }
+
+    /// h(V) = clamp(sigmoid(V) * (zeta - gamma) + gamma, 0, 1).
+    @inline(__always)
+    public static func rectifiedSigmoid(_ v: Float) -> Float {
+        min(max(sigmoid(v) * (zeta - gamma) + gamma, 0), 1)
+    }
+
+    /// dh/dV: sigmoid'(V) * (zeta - gamma) where 0 < h(V) < 1, else 0.
+    @inline(__always)
+    public static func rectifiedSigmoidDerivative(_ v: Float) -> Float {
+        let p = sigmoid(v)
+        let h = p * (zeta - gamma) + gamma
+        return h > 0 && h < 1 ? p * (1 - p) * (zeta - gamma) : 0
+    }
+
+    func forward(rows: Int, rowLength: Int, steps: UnsafePointer<Float>, grid: QuantGrid,
+                 into out: UnsafeMutablePointer<Float>) {
+        for r in 0..<rows {
+            let s = steps[r]
+            for i in (r * rowLength)..<((r + 1) * rowLength) {
+                out[i] = min(max(base[i] + Self.rectifiedSigmoid(logits[i]), grid.qmin), grid.qmax) * s
+            }
+        }
+    }
+
+    func backward(rows: [Range<Int>], rowLength: Int, steps: UnsafePointer<Float>, grid: QuantGrid,
+                  gradient g: UnsafePointer<Float>, stepGradient: UnsafeMutablePointer<Float>) {
+        for run in rows {
+            for r in run {
+                let s = steps[r]
+                var ds: Double = 0
+                for i in (r * rowLength)..<((r + 1) * rowLength) {
+                    let v = logits[i]
+                    let t = base[i] + Self.rectifiedSigmoid(v)
+                    let c = min(max(t, grid.qmin), grid.qmax)
+                    ds += Double(g[i]) * Double(c)
+                    if c == t { logitGradient[i] += g[i] * s * Self.rectifiedSigmoidDerivative(v) }
+                }
+                stepGradient[r] += Float(ds)
+            }
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

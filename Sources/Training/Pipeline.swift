@@ -21,6 +21,8 @@ public struct PipelineOptions: Sendable {
     /// Run the MixQuant bit search on the FP32 model before calibration and
     /// use its per-layer weight bits (explicit `policy.overrides` still win).
     public var mixQuant: MixQuantOptions?
+    /// Block reconstruction (Genie-M / BRECQ) after calibration; nil: off.
+    public var reconstruction: ReconstructionOptions?
     /// A checkpoint to continue from: a path, or "auto" for the run's own.
     public var resume: String?
     /// Train the FP32 model even if the output folder has one.
@@ -152,6 +154,7 @@ public final class Pipeline {
         } else {
             let t0 = Date()
             calibrate(model, on: train)
+            if let reconstruction = options.reconstruction { reconstruct(model, on: train, options: reconstruction) }
             ptqStage.seconds = Date().timeIntervalSince(t0)
             ptqStage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
         }
@@ -204,6 +207,23 @@ public final class Pipeline {
                                              height: train.height, width: train.width), training: false)
             }
         }
+    }
+
+    /// Genie-M / BRECQ block reconstruction on calibration images drawn
+    /// from the training set (labels unused).
+    private func reconstruct(_ model: ResNet, on train: Dataset, options reconstruction: ReconstructionOptions) {
+        var labels = [Int32](repeating: 0, count: reconstruction.batchSize)
+        let images = ReconstructionImages(count: train.count, channels: train.channels, height: train.height,
+                                          width: train.width) { indices, pixels in
+            labels.withUnsafeMutableBufferPointer { train.gatherBatch(indices, pixels: pixels, labels: $0.baseAddress!) }
+        }
+        let report = Quantization.reconstruct(model, options: reconstruction, communicator: communicator,
+                                              images: images) { self.log.say($0) }
+        log.record("reconstruction", [
+            "seconds": report.seconds, "samples": report.samples, "iterations": reconstruction.iterations,
+            "units": report.units.map { ["unit": $0.name, "mse_before": $0.errorBefore, "mse_after": $0.errorAfter,
+                                         "changed": $0.changedRoundings, "weights": $0.weights, "seconds": $0.seconds] },
+        ])
     }
 
     // MARK: Checkpoints

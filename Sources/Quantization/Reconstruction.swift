@@ -1,0 +1,773 @@
+import Distributed
+import Foundation
+import Kernels
+import Layers
+
+// Block reconstruction (BRECQ / Genie-M, with QDrop): post-training
+// quantization that trains only the rounding of the weights (AdaRound soft
+// bits V) and the quantizer step sizes, one unit of the network at a time,
+// so that each quantized unit reproduces its floating-point output.
+// docs/reconstruction.md has the method, the formulas and the options.
+
+// MARK: Options, inputs, results
+
+/// Settings of block reconstruction. The defaults are sized for a small CPU
+/// machine; `.reference` is the papers' setting (1024 samples, batch 32,
+/// 20000 iterations per unit).
+public struct ReconstructionOptions: Sendable, Equatable {
+    /// Calibration samples: a seeded subset of the images given (all of
+    /// them when there are fewer). Reference: 1024.
+    public var samples = 256
+    /// Samples per iteration (the global batch, split over ranks).
+    /// Reference: 32.
+    public var batchSize = 32
+    /// Iterations per unit. Reference: 20000.
+    public var iterations = 400
+    /// lambda, the weight of the rounding regulariser: Genie 1.0, BRECQ 0.01.
+    public var roundingWeight: Float = 1.0
+    /// The regulariser's exponent beta is annealed linearly from
+    /// `betaStart` to `betaEnd` after the warm-up.
+    public var betaStart: Float = 20
+    public var betaEnd: Float = 2
+    /// Fraction of the iterations with the regulariser off (and beta held
+    /// at `betaStart`).
+    public var warmup: Double = 0.2
+    /// QDrop: each element of a unit's input comes from the floating-point
+    /// path instead of the quantized one with probability 0.5.
+    public var qdrop = true
+    /// Learn the per-channel weight steps with V (Genie-M); false keeps
+    /// the calibrated steps (AdaRound / BRECQ).
+    public var learnWeightSteps = true
+    /// Learn the step of every quantized input inside the unit.
+    public var learnActivationSteps = true
+    /// Adam learning rates: rounding logits V (constant), weight steps and
+    /// activation steps (both cosine-annealed to 0 over a unit's iterations).
+    public var roundingLearningRate: Float = 1e-3
+    public var weightStepLearningRate: Float = 1e-4
+    public var activationStepLearningRate: Float = 4e-5
+    /// Seeds the calibration subset, the batch order and the QDrop masks.
+    public var seed: UInt64 = 0
+    /// Report the losses through `progress` every N iterations (0: only
+    /// once per unit).
+    public var progressEvery = 0
+
+    public init() {}
+
+    /// The reference setting of BRECQ / Genie: 1024 samples, batch 32,
+    /// 20000 iterations per unit (with this type's other defaults, Genie-M).
+    public static var reference: ReconstructionOptions {
+        var options = ReconstructionOptions()
+        options.samples = 1024
+        options.batchSize = 32
+        options.iterations = 20000
+        return options
+    }
+
+    /// BRECQ's recipe: lambda = 0.01, fixed weight steps, no QDrop.
+    public static var brecq: ReconstructionOptions {
+        var options = ReconstructionOptions()
+        options.roundingWeight = 0.01
+        options.learnWeightSteps = false
+        options.qdrop = false
+        return options
+    }
+
+    /// A message for the first invalid setting, nil when all are valid.
+    public var problem: String? {
+        if samples <= 0 { return "reconstruction samples must be positive, got \(samples)" }
+        if batchSize <= 0 { return "reconstruction batch size must be positive, got \(batchSize)" }
+        if iterations < 0 { return "reconstruction iterations must be 0 or more, got \(iterations)" }
+        if !(roundingWeight >= 0 && roundingWeight.isFinite) {
+            return "rounding weight (lambda) must be 0 or more, got \(roundingWeight)"
+        }
+        if !(warmup >= 0 && warmup <= 1) { return "warm-up fraction must be in [0, 1], got \(warmup)" }
+        if !(betaStart >= 1 && betaEnd >= 1) { return "beta must stay at 1 or more, got \(betaStart) -> \(betaEnd)" }
+        for (name, rate) in [("rounding", roundingLearningRate), ("weight step", weightStepLearningRate),
+                             ("activation step", activationStepLearningRate)] where !(rate >= 0 && rate.isFinite) {
+            return "\(name) learning rate must be 0 or more, got \(rate)"
+        }
+        if progressEvery < 0 { return "progress interval must be 0 or more, got \(progressEvery)" }
+        return nil
+    }
+}
+
+/// Where reconstruction reads its calibration images: `count` samples of
+/// `channels x height x width`, fetched by index.
+public struct ReconstructionImages {
+    public let count: Int
+    public let channels: Int
+    public let height: Int
+    public let width: Int
+    /// Writes the images at the given indices (each in 0..<count, at most
+    /// the reconstruction's batch size of them) into the buffer as one CNHW
+    /// batch of `indices.count` images, normalised as the model expects.
+    public let gather: (_ indices: ArraySlice<Int>, _ into: UnsafeMutablePointer<Float>) -> Void
+
+    public init(count: Int, channels: Int, height: Int, width: Int,
+                gather: @escaping (_ indices: ArraySlice<Int>, _ into: UnsafeMutablePointer<Float>) -> Void) {
+        self.count = count
+        self.channels = channels
+        self.height = height
+        self.width = width
+        self.gather = gather
+    }
+}
+
+/// What reconstruction did to one unit.
+public struct UnitReconstruction: Sendable {
+    /// "stem", a block's name ("layer2.0"), or "fc".
+    public var name: String
+    /// Soft-rounded weights in the unit.
+    public var weights: Int
+    /// Weights whose integer differs from round-to-nearest with the
+    /// calibrated step.
+    public var changedRoundings: Int
+    /// Mean squared error per output element between the quantized unit
+    /// (on the quantized path's inputs, without QDrop) and the FP32 unit
+    /// (on FP32 inputs), over the calibration samples: with the calibrated
+    /// steps and round-to-nearest, and after reconstruction.
+    public var errorBefore: Double
+    public var errorAfter: Double
+    /// The last iteration's reconstruction loss (sum over channels of the
+    /// squared error, mean over samples and positions), all ranks together.
+    public var finalLoss: Double
+    public var seconds: Double
+}
+
+public struct ReconstructionReport: Sendable {
+    public var units: [UnitReconstruction]
+    public var samples: Int
+    public var seconds: Double
+}
+
+// MARK: Soft rounding of one layer
+
+extension SoftRounding {
+    /// The V with h(V) = `fraction` (in [0, 1)):
+    /// V = -log((zeta - gamma) / (fraction - gamma) - 1).
+    public static func initialLogit(fraction: Float) -> Float {
+        let f = Double(fraction), z = Double(zeta), g = Double(gamma)
+        return Float(-log((z - g) / (f - g) - 1))
+    }
+
+    /// The hard rounding of a soft bit: 1 where h(V) >= 0.5 (V >= 0), else 0.
+    @inline(__always)
+    public static func hardRounding(_ v: Float) -> Float { v >= 0 ? 1 : 0 }
+}
+
+/// The AdaRound state of one conv/linear layer: B = floor(W / s0) frozen
+/// from the weights and the calibrated steps s0, the logits V with
+/// h(V) = frac(W / s0), and dL/dV. Owned here, not by the model: V is not a
+/// model parameter and is never checkpointed.
+public final class AdaRoundWeights {
+    public let layer: Conv2d
+    public let count: Int
+    private let store: ParameterStore
+    private let storage: FloatBuffer
+    /// Round-to-nearest integers with the calibrated step, for the report.
+    private let nearest: FloatBuffer
+
+    /// Sets up B and V from the layer's current weights and steps. The
+    /// layer's weight quantizer must be on and calibrated.
+    public init(_ layer: Conv2d, store: ParameterStore) {
+        precondition(layer.weightQuantizer.enabled, "\(layer.name): soft rounding needs its weight quantizer on")
+        self.layer = layer
+        self.store = store
+        count = layer.weight.count
+        storage = FloatBuffer(capacity: 3 * count)
+        nearest = FloatBuffer(capacity: count)
+        let w = store.parameters.pointer(layer.weight), steps = store.parameters[layer.weightQuantizer.step]
+        let n = layer.weight.rowLength, grid = layer.weightQuantizer.grid
+        for r in 0..<layer.outChannels {
+            let s = steps[r], inverse = 1 / steps[r]
+            for i in (r * n)..<((r + 1) * n) {
+                let v = w[i] / s
+                let b = v.rounded(.down)
+                base[i] = b
+                logits[i] = SoftRounding.initialLogit(fraction: min(max(v - b, 0), 1))
+                nearest.pointer[i] = fakeQuantize(w[i], inverseStep: inverse, step: 1, zeroPoint: 0, grid: grid)
+            }
+        }
+    }
+
+    /// B = floor(W / s0).
+    public var base: UnsafeMutableBufferPointer<Float> {
+        UnsafeMutableBufferPointer(start: storage.pointer, count: count)
+    }
+    /// V, the rounding logits.
+    public var logits: UnsafeMutableBufferPointer<Float> {
+        UnsafeMutableBufferPointer(start: storage.pointer + count, count: count)
+    }
+    /// dL/dV, accumulated by the layer's backward while attached.
+    public var logitGradient: UnsafeMutableBufferPointer<Float> {
+        UnsafeMutableBufferPointer(start: storage.pointer + 2 * count, count: count)
+    }
+
+    /// Switches the layer's weight quantizer to soft rounding with this state.
+    public func attach() {
+        layer.weightQuantizer.softRounding = SoftRounding(
+            base: UnsafePointer(base.baseAddress!), logits: UnsafePointer(logits.baseAddress!),
+            logitGradient: logitGradient.baseAddress!)
+    }
+
+    public func detach() { layer.weightQuantizer.softRounding = nil }
+
+    /// lambda * sum(1 - |2h(V) - 1|^beta); adds its gradient to `gradient`
+    /// (laid out like V) and returns its value.
+    @discardableResult
+    public func addRegularizer(weight lambda: Float, beta: Float, into gradient: UnsafeMutablePointer<Float>) -> Double {
+        let v = logits
+        var total: Double = 0
+        for i in 0..<count {
+            let u = 2 * SoftRounding.rectifiedSigmoid(v[i]) - 1
+            let a = abs(u)
+            let p = powf(a, beta - 1)
+            total += Double(1 - p * a)
+            // d/dV (1 - |u|^beta) = -beta |u|^(beta-1) sign(u) * 2 h'(V)
+            let dh = SoftRounding.rectifiedSigmoidDerivative(v[i])
+            if dh != 0 && a != 0 {
+                gradient[i] -= lambda * beta * p * (u > 0 ? 2 : -2) * dh
+            }
+        }
+        return Double(lambda) * total
+    }
+
+    /// Hard-rounds h(V) to {0, 1} and writes W = s * clamp(B + h, qmin, qmax)
+    /// with the current (learned) steps, so that the ordinary fake quantizer
+    /// reproduces these weights exactly; then leaves soft rounding. Returns
+    /// how many integers differ from round-to-nearest with the calibrated step.
+    @discardableResult
+    public func bake() -> Int {
+        detach()
+        let w = store.parameters.pointer(layer.weight), steps = store.parameters[layer.weightQuantizer.step]
+        let n = layer.weight.rowLength, grid = layer.weightQuantizer.grid
+        let b = base, v = logits
+        var changed = 0
+        for r in 0..<layer.outChannels {
+            let s = steps[r]
+            for i in (r * n)..<((r + 1) * n) {
+                let q = min(max(b[i] + SoftRounding.hardRounding(v[i]), grid.qmin), grid.qmax)
+                // (q - 0) * s, the very product the fake quantizer forms.
+                w[i] = q * s
+                if q != nearest.pointer[i] { changed += 1 }
+            }
+        }
+        return changed
+    }
+}
+
+// MARK: Reconstruction
+
+/// Reconstructs `model` unit by unit: the stem (conv1 + bn1 + ReLU), every
+/// BasicBlock, then the classifier (fc on the pooled features).
+///
+/// Call it after `QuantizationPolicy.apply(to:)` and `calibrate(...)`: the
+/// calibrated steps are the starting point, and the model's weights must
+/// still be the FP32 ones (a copy of them is the reference). On return the
+/// weights are replaced by their reconstructed quantized values
+/// W = s * q, the steps are the learned ones, and soft rounding is off, so
+/// the ordinary fake-quantized forward runs the reconstructed model.
+///
+/// Every rank must call it with the same options and images; each rank
+/// runs its contiguous slice of every batch and the gradients are summed
+/// over ranks, so all ranks end with identical weights and steps, and the
+/// samples each iteration sees do not depend on the number of ranks.
+/// `progress` is called on rank 0 only.
+@discardableResult
+public func reconstruct(_ model: ResNet, options: ReconstructionOptions = ReconstructionOptions(),
+                        communicator: Communicator, images: ReconstructionImages,
+                        progress: (String) -> Void = { _ in }) -> ReconstructionReport {
+    if let problem = options.problem { preconditionFailure(problem) }
+    precondition(images.count > 0, "reconstruction needs calibration images")
+    let started = Date()
+    func say(_ message: String) { if communicator.isRoot { progress(message) } }
+
+    // The FP32 reference: a copy of the model before any weight changes.
+    let reference = ResNet(model.config)
+    reference.store.parameters.copy(from: model.store.parameters)
+    reference.store.state.copy(from: model.store.state)
+
+    // The calibration samples, and their images cached on every rank.
+    var rng = SplitMix64(seed: options.seed, stream: [0x5245_434F])
+    let chosen = images.count <= options.samples
+        ? Array(0..<images.count) : Array(rng.permutation(images.count).prefix(options.samples))
+    let sampleCount = chosen.count
+    let chunk = min(options.batchSize, sampleCount)
+    let imageCache = SampleCache(count: sampleCount, channels: images.channels, height: images.height, width: images.width)
+    let scratch = FloatBuffer()
+    for first in stride(from: 0, to: sampleCount, by: chunk) {
+        let indices = chosen[first..<min(first + chunk, sampleCount)]
+        let pixels = scratch.reserve(indices.count * imageCache.features)
+        images.gather(indices, pixels)
+        imageCache.store(FeatureMap(data: pixels, channels: images.channels, batch: indices.count,
+                                    height: images.height, width: images.width), first: first)
+    }
+
+    let units = UnitRunner.units(of: model), referenceUnits = UnitRunner.units(of: reference)
+    var fpInput = imageCache, quantizedInput = imageCache
+    var reports: [UnitReconstruction] = []
+    for (u, (unit, referenceUnit)) in zip(units, referenceUnits).enumerated() {
+        let unitStarted = Date()
+        if unit.isHead {
+            let same = fpInput === quantizedInput
+            fpInput = fpInput.pooled()
+            quantizedInput = same ? fpInput : quantizedInput.pooled()
+        }
+        // FP32 targets, and the quantized unit's error before reconstruction.
+        let target = unitPass(referenceUnit, input: fpInput, chunk: chunk, scratch: scratch, compare: nil).output
+        let before = unitPass(unit, input: quantizedInput, chunk: chunk, scratch: scratch, compare: target).error
+
+        let trainer = UnitTrainer(unit: unit, model: model, options: options, communicator: communicator,
+                                  index: u, fpInput: fpInput, quantizedInput: quantizedInput, target: target)
+        let finalLoss = trainer.run { it, rec, round, beta in
+            say(String(format: "reconstruct %@ %d/%d: loss %.4g (reconstruction %.4g, rounding %.4g, beta %.2f)",
+                       unit.name, it, options.iterations, rec + round, rec, round, beta))
+        }
+        let changed = trainer.finish()
+
+        let after = unitPass(unit, input: quantizedInput, chunk: chunk, scratch: scratch, compare: target)
+        let report = UnitReconstruction(name: unit.name, weights: trainer.weightCount, changedRoundings: changed,
+                                        errorBefore: before, errorAfter: after.error, finalLoss: finalLoss,
+                                        seconds: Date().timeIntervalSince(unitStarted))
+        reports.append(report)
+        say(String(format: "reconstruct %@ (%d/%d): output MSE %.4g -> %.4g, %d of %d roundings changed, %.1f s",
+                   unit.name, u + 1, units.count, report.errorBefore, report.errorAfter, changed,
+                   report.weights, report.seconds))
+        fpInput = target
+        quantizedInput = after.output
+    }
+    model.store.gradients.zero()
+    return ReconstructionReport(units: reports, samples: sampleCount, seconds: Date().timeIntervalSince(started))
+}
+
+/// Runs `unit` forward over every cached sample in chunks; returns the
+/// outputs and, given `compare`, the mean squared error against it.
+private func unitPass(_ unit: UnitRunner, input: SampleCache, chunk: Int, scratch: FloatBuffer,
+                      compare: SampleCache?) -> (output: SampleCache, error: Double) {
+    var output: SampleCache?
+    var total: Double = 0
+    let expected = FloatBuffer()
+    for first in stride(from: 0, to: input.count, by: chunk) {
+        let samples = first..<min(first + chunk, input.count)
+        let y = unit.forward(input.gather(samples, into: scratch))
+        let out = output ?? SampleCache(count: input.count, channels: y.channels, height: y.height, width: y.width)
+        output = out
+        out.store(y, first: first)
+        if let compare {
+            let t = compare.gather(samples, into: expected)
+            total += Double(sumOfSquaredDifferences(y.data, t.data, count: y.count))
+        }
+    }
+    let out = output!
+    return (out, total / Double(out.count * out.features))
+}
+
+private func sumOfSquaredDifferences(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Double {
+    var total: Double = 0
+    for i in 0..<count {
+        let d = Double(a[i]) - Double(b[i])
+        total += d * d
+    }
+    return total
+}
+
+// MARK: Training one unit
+
+/// The optimisation of one unit: soft-rounded weights, Adam on V and the
+/// steps, gradients all-reduced in one packed buffer per iteration.
+private final class UnitTrainer {
+    let unit: UnitRunner
+    let options: ReconstructionOptions
+    let communicator: Communicator
+    let store: ParameterStore
+    let index: Int
+    let fpInput: SampleCache
+    let quantizedInput: SampleCache
+    let target: SampleCache
+    let rounded: [AdaRoundWeights]
+    let weightStepLayers: [Conv2d]
+    let activationStepLayers: [Conv2d]
+    private var savedRows: [[Range<Int>]] = []
+
+    init(unit: UnitRunner, model: ResNet, options: ReconstructionOptions, communicator: Communicator, index: Int,
+         fpInput: SampleCache, quantizedInput: SampleCache, target: SampleCache) {
+        self.unit = unit
+        self.options = options
+        self.communicator = communicator
+        store = model.store
+        self.index = index
+        self.fpInput = fpInput
+        self.quantizedInput = quantizedInput
+        self.target = target
+        let layers = unit.convolutions
+        rounded = layers.filter { $0.weightQuantizer.enabled }.map { AdaRoundWeights($0, store: model.store) }
+        weightStepLayers = options.learnWeightSteps ? rounded.map(\.layer) : []
+        activationStepLayers = options.learnActivationSteps ? layers.filter { $0.inputQuantizer.enabled } : []
+    }
+
+    var weightCount: Int { rounded.reduce(0) { $0 + $1.count } }
+
+    /// Trains the unit; returns the last iteration's reconstruction loss.
+    func run(progress: (_ iteration: Int, _ reconstruction: Double, _ rounding: Double, _ beta: Float) -> Void) -> Double {
+        let iterations = options.iterations
+        guard iterations > 0, !(rounded.isEmpty && activationStepLayers.isEmpty) else { return .nan }
+        savedRows = unit.convolutions.map(\.gradientRows)
+        for layer in unit.convolutions { layer.gradientRows = [0..<layer.outChannels] }
+        for r in rounded { r.attach() }
+
+        // Packed gradients: [dV of every layer | weight steps | activation steps | loss].
+        let vCount = weightCount
+        let wCount = weightStepLayers.reduce(0) { $0 + $1.outChannels }
+        let packed = FloatBuffer(capacity: vCount + wCount + activationStepLayers.count + 1)
+        let lossIndex = vCount + wCount + activationStepLayers.count
+        let vAdam = rounded.map { Adam(count: $0.count) }
+        let wAdam = weightStepLayers.map { Adam(count: $0.outChannels) }
+        let aAdam = activationStepLayers.map { _ in Adam(count: 1) }
+
+        let batch = min(options.batchSize, fpInput.count)
+        let shard = rankSlice(count: batch, rank: communicator.rank, worldSize: communicator.size)
+        var sampler = BatchSampler(count: fpInput.count, batch: batch, seed: options.seed, unit: index)
+        let input = FloatBuffer(), expected = FloatBuffer(), outputGradient = FloatBuffer()
+        let mixInputs = options.qdrop && fpInput !== quantizedInput
+        let warmupEnd = options.warmup * Double(iterations)
+        var lastLoss = Double.nan
+
+        for t in 0..<iterations {
+            let it = t + 1
+            let samples = Array(sampler.batch(t)[shard])  // positions in the global batch
+            store.gradients.zero()
+            for r in rounded { r.logitGradient.update(repeating: 0) }
+            var localLoss: Double = 0
+            if !samples.isEmpty {
+                let x = mixInputs
+                    ? mixedInput(samples, iteration: t, into: input)
+                    : quantizedInput.gather(samples, into: input)
+                let y = unit.forward(x)
+                let goal = target.gather(samples, into: expected)
+                // L = sum over the global batch of (y - t)^2 / (B * H * W).
+                let scale = 1 / Float(batch * y.height * y.width)
+                let dy = y.like(outputGradient)
+                for i in 0..<y.count {
+                    let d = y.data[i] - goal.data[i]
+                    localLoss += Double(d * d)
+                    dy.data[i] = 2 * scale * d
+                }
+                localLoss *= Double(scale)
+                unit.backward(dy)
+            }
+
+            // Pack, reduce over ranks.
+            let g = packed.pointer
+            var offset = 0
+            for r in rounded {
+                (g + offset).update(from: r.logitGradient.baseAddress!, count: r.count)
+                offset += r.count
+            }
+            for layer in weightStepLayers {
+                (g + offset).update(from: store.gradients.pointer(layer.weightQuantizer.step), count: layer.outChannels)
+                offset += layer.outChannels
+            }
+            for layer in activationStepLayers {
+                g[offset] = store.gradients[layer.inputQuantizer.step][0]
+                offset += 1
+            }
+            g[lossIndex] = Float(localLoss)
+            communicator.allReduce(UnsafeMutableBufferPointer(start: g, count: lossIndex + 1), .sum)
+            lastLoss = Double(g[lossIndex])
+
+            // The rounding regulariser, identical on every rank.
+            let beta = self.beta(iteration: it, warmupEnd: warmupEnd)
+            var roundingLoss: Double = 0
+            offset = 0
+            for r in rounded {
+                if Double(it) >= warmupEnd && options.roundingWeight > 0 {
+                    roundingLoss += r.addRegularizer(weight: options.roundingWeight, beta: beta, into: g + offset)
+                }
+                offset += r.count
+            }
+
+            // Adam steps.
+            let cosine = Float(0.5 * (1 + cos(Double.pi * Double(t) / Double(iterations))))
+            offset = 0
+            for (r, adam) in zip(rounded, vAdam) {
+                adam.step(r.logits.baseAddress!, gradient: g + offset, learningRate: options.roundingLearningRate)
+                offset += r.count
+            }
+            for (layer, adam) in zip(weightStepLayers, wAdam) {
+                let steps = store.parameters.pointer(layer.weightQuantizer.step)
+                adam.step(steps, gradient: g + offset, learningRate: options.weightStepLearningRate * cosine)
+                for i in 0..<layer.outChannels { steps[i] = max(steps[i], 1e-8) }
+                offset += layer.outChannels
+            }
+            for (layer, adam) in zip(activationStepLayers, aAdam) {
+                let step = store.parameters.pointer(layer.inputQuantizer.step)
+                adam.step(step, gradient: g + offset, learningRate: options.activationStepLearningRate * cosine)
+                step[0] = max(step[0], 1e-8)
+                offset += 1
+            }
+
+            if options.progressEvery > 0 && (it % options.progressEvery == 0 || it == 1) {
+                progress(it, lastLoss, roundingLoss, beta)
+            }
+        }
+        store.gradients.zero()
+        return lastLoss
+    }
+
+    /// beta: `betaStart` during the warm-up, then linearly down to `betaEnd`
+    /// at the last iteration.
+    func beta(iteration it: Int, warmupEnd: Double) -> Float {
+        let d = Double(it)
+        guard d >= warmupEnd else { return options.betaStart }
+        let span = Double(options.iterations) - warmupEnd
+        let progress = span > 0 ? min((d - warmupEnd) / span, 1) : 1
+        return options.betaEnd + (options.betaStart - options.betaEnd) * Float(1 - progress)
+    }
+
+    /// Bakes the hard rounding into the weights, restores the layers'
+    /// gradient rows; returns the number of changed roundings.
+    func finish() -> Int {
+        let changed = rounded.reduce(0) { $0 + $1.bake() }
+        if !savedRows.isEmpty {
+            for (layer, rows) in zip(unit.convolutions, savedRows) { layer.gradientRows = rows }
+        }
+        return changed
+    }
+
+    /// The unit's input for `samples` with QDrop: element e of sample n
+    /// takes the quantized path's value where bit (e mod 64) of draw
+    /// (e / 64) of the stream (seed, unit, iteration, n) is 1, else the FP32
+    /// value; e runs over the sample's elements in (channel, y, x) order.
+    func mixedInput(_ samples: [Int], iteration: Int, into buffer: FloatBuffer) -> FeatureMap {
+        let c = fpInput.channels, plane = fpInput.plane, n = samples.count
+        let x = FeatureMap(data: buffer.reserve(n * fpInput.features), channels: c, batch: n,
+                           height: fpInput.height, width: fpInput.width)
+        for (j, sample) in samples.enumerated() {
+            var rng = SplitMix64(seed: options.seed, stream: [0x5144_524F, UInt64(index), UInt64(iteration), UInt64(sample)])
+            let fp = fpInput.sample(sample), q = quantizedInput.sample(sample)
+            var bits: UInt64 = 0
+            var e = 0
+            for channel in 0..<c {
+                let out = x.data + (channel * n + j) * plane
+                for position in 0..<plane {
+                    if e & 63 == 0 { bits = rng.next() }
+                    out[position] = (bits >> UInt64(e & 63)) & 1 == 1 ? q[e] : fp[e]
+                    e += 1
+                }
+            }
+        }
+        return x
+    }
+}
+
+/// The contiguous part of a batch of `count` that rank `rank` runs (the
+/// first `count % worldSize` ranks take one more).
+private func rankSlice(count: Int, rank: Int, worldSize: Int) -> Range<Int> {
+    let base = count / worldSize, extra = count % worldSize
+    let start = rank * base + min(rank, extra)
+    return start..<(start + base + (rank < extra ? 1 : 0))
+}
+
+/// Batches of a unit's iterations: epochs of a permutation seeded by
+/// (seed, unit, epoch) over the calibration samples, cut into batches
+/// (a last partial batch is dropped).
+private struct BatchSampler {
+    let count: Int
+    let batch: Int
+    let seed: UInt64
+    let unit: Int
+    private var epoch = -1
+    private var order: [Int] = []
+
+    init(count: Int, batch: Int, seed: UInt64, unit: Int) {
+        self.count = count
+        self.batch = batch
+        self.seed = seed
+        self.unit = unit
+    }
+
+    mutating func batch(_ iteration: Int) -> [Int] {
+        let perEpoch = max(count / batch, 1)
+        let (e, j) = iteration.quotientAndRemainder(dividingBy: perEpoch)
+        if e != epoch {
+            var rng = SplitMix64(seed: seed, stream: [0x4241_5443, UInt64(unit), UInt64(e)])
+            order = rng.permutation(count)
+            epoch = e
+        }
+        return Array(order[(j * batch)..<((j + 1) * batch)])
+    }
+}
+
+// MARK: Cached feature maps
+
+/// Feature maps of every calibration sample, sample-major: sample n's
+/// (c, y, x) element at n * features + (c * H + y) * W + x.
+final class SampleCache {
+    let count: Int
+    let channels: Int
+    let height: Int
+    let width: Int
+    private let storage: FloatBuffer
+
+    init(count: Int, channels: Int, height: Int, width: Int) {
+        self.count = count
+        self.channels = channels
+        self.height = height
+        self.width = width
+        storage = FloatBuffer(capacity: count * channels * height * width)
+    }
+
+    var plane: Int { height * width }
+    var features: Int { channels * plane }
+
+    func sample(_ n: Int) -> UnsafeMutablePointer<Float> { storage.pointer + n * features }
+
+    /// Stores a CNHW batch as samples first ..< first + batch.
+    func store(_ y: FeatureMap, first: Int) {
+        precondition(y.channels == channels && y.height == height && y.width == width && first + y.batch <= count)
+        for n in 0..<y.batch {
+            for c in 0..<channels {
+                (sample(first + n) + c * plane).update(from: y.data + (c * y.batch + n) * plane, count: plane)
+            }
+        }
+    }
+
+    /// The given samples as one CNHW batch in `buffer`.
+    func gather<C: Collection<Int>>(_ samples: C, into buffer: FloatBuffer) -> FeatureMap {
+        let n = samples.count
+        let x = FeatureMap(data: buffer.reserve(n * features), channels: channels, batch: n, height: height, width: width)
+        for (j, s) in samples.enumerated() {
+            for c in 0..<channels {
+                (x.data + (c * n + j) * plane).update(from: sample(s) + c * plane, count: plane)
+            }
+        }
+        return x
+    }
+
+    /// Global average pooling of every sample: [C, H, W] -> [C, 1, 1].
+    func pooled() -> SampleCache {
+        let out = SampleCache(count: count, channels: channels, height: 1, width: 1)
+        for n in 0..<count {
+            for c in 0..<channels {
+                out.sample(n)[c] = sum(sample(n) + c * plane, count: plane) / Float(plane)
+            }
+        }
+        return out
+    }
+}
+
+// MARK: Units
+
+/// Forward and backward of one reconstruction unit, with batch norm in
+/// evaluation mode (running statistics, not trained): the backward of
+/// y = a * x + b per channel is dx = a * dy, a = gamma / sqrt(var + eps).
+final class UnitRunner {
+    private enum Body {
+        case stem(Conv2d, BatchNorm2d)
+        case block(BasicBlock)
+        case head(Conv2d)
+    }
+
+    let name: String
+    let convolutions: [Conv2d]
+    private let body: Body
+    private let store: ParameterStore
+    private let hidden = FloatBuffer(), output = FloatBuffer()
+    private let gradientA = FloatBuffer(), gradientB = FloatBuffer()
+    private var hiddenMap: FeatureMap?
+    private var outputMap: FeatureMap?
+
+    private init(name: String, body: Body, store: ParameterStore) {
+        self.name = name
+        self.body = body
+        self.store = store
+        switch body {
+        case .stem(let conv, _): convolutions = [conv]
+        case .block(let block): convolutions = block.convolutions
+        case .head(let fc): convolutions = [fc]
+        }
+    }
+
+    /// The stem, every block, and the classifier of `model`, in order.
+    static func units(of model: ResNet) -> [UnitRunner] {
+        [UnitRunner(name: "stem", body: .stem(model.conv1, model.bn1), store: model.store)]
+            + model.blocks.map { UnitRunner(name: $0.name, body: .block($0), store: model.store) }
+            + [UnitRunner(name: model.fc.name, body: .head(model.fc), store: model.store)]
+    }
+
+    var isHead: Bool {
+        if case .head = body { return true }
+        return false
+    }
+
+    func forward(_ x: FeatureMap) -> FeatureMap {
+        switch body {
+        case .stem(let conv, let norm):
+            let u = norm.forward(conv.forward(x), training: false)
+            let y = u.like(output)
+            for i in 0..<u.count { y.data[i] = max(u.data[i], 0) }
+            outputMap = y
+            return y
+        case .block(let block):
+            let u1 = block.bn1.forward(block.conv1.forward(x), training: false)
+            let h = u1.like(hidden)
+            for i in 0..<u1.count { h.data[i] = max(u1.data[i], 0) }
+            hiddenMap = h
+            let u2 = block.bn2.forward(block.conv2.forward(h), training: false)
+            let shortcut = block.downsample.map { $0.norm.forward($0.conv.forward(x), training: false) } ?? x
+            let y = u2.like(output)
+            for i in 0..<u2.count { y.data[i] = max(u2.data[i] + shortcut.data[i], 0) }
+            outputMap = y
+            return y
+        case .head(let fc):
+            return fc.forward(x)
+        }
+    }
+
+    /// Adds the gradients of the unit's quantizer parameters (and, through
+    /// soft rounding, of V) for the output gradient `dy`.
+    func backward(_ dy: FeatureMap) {
+        switch body {
+        case .stem(let conv, let norm):
+            let y = outputMap!
+            let dz = y.like(gradientA)
+            scale(dy, by: norm, mask: y, into: dz)
+            _ = conv.backward(dz)
+        case .block(let block):
+            let y = outputMap!
+            let dSum = y.like(gradientA)
+            for i in 0..<y.count { dSum.data[i] = y.data[i] > 0 ? dy.data[i] : 0 }
+            let dz2 = y.like(gradientB)
+            scale(dSum, by: block.bn2, mask: nil, into: dz2)
+            let dh = block.conv2.backward(dz2)
+            let h = hiddenMap!
+            let dz1 = h.like(gradientB)
+            scale(dh, by: block.bn1, mask: h, into: dz1)
+            _ = block.conv1.backward(dz1)
+            if let downsample = block.downsample {
+                let dzs = y.like(gradientB)
+                scale(dSum, by: downsample.norm, mask: nil, into: dzs)
+                _ = downsample.conv.backward(dzs)
+            }
+        case .head(let fc):
+            _ = fc.backward(dy)
+        }
+    }
+
+    /// out = dy * gamma / sqrt(running_var + eps) per channel, and 0 where
+    /// `mask` (a ReLU output) is not positive.
+    private func scale(_ dy: FeatureMap, by norm: BatchNorm2d, mask: FeatureMap?, into out: FeatureMap) {
+        let gamma = store.parameters[norm.weight], variance = store.state[norm.runningVar]
+        let m = dy.plane
+        for c in 0..<dy.channels {
+            let a = gamma[c] / (variance[c] + norm.eps).squareRoot()
+            let src = dy.data + c * m, dst = out.data + c * m
+            if let mask {
+                let keep = mask.data + c * m
+                for i in 0..<m { dst[i] = keep[i] > 0 ? src[i] * a : 0 }
+            } else {
+                for i in 0..<m { dst[i] = src[i] * a }
+            }
+        }
+    }
+}

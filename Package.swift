@@ -44,6 +44,7 @@ let package = Package(
 
         .testTarget(name: "DataTests", dependencies: ["Data"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
+        .testTarget(name: "DistributedTests", dependencies: ["Checkpoint"]),
         .testTarget(name: "TrainingTests", dependencies: [
             "Checkpoint", "Data", "Distributed", "Kernels", "Layers", "Quantization", "Training",
         ]),

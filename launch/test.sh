@@ -20,6 +20,7 @@ efqat_build "$EFQAT_BUILD_DIR/launch-build.log" -c release
 export OMPI_MCA_mpi_yield_when_idle=1
 export EFQAT_PROGRESS="${EFQAT_PROGRESS:-lines}"
 
+# swift test compiles the modules again, with -enable-testing.
 efqat_say "swift test -c release $*"
 cd "$EFQAT_ROOT"
 status=0

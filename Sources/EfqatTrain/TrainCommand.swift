@@ -169,7 +169,7 @@ struct TrainCommand: RankCommand {
     func failure() throws -> (rank: Int, step: Int)? {
         guard let injectFailure else { return nil }
         let parts = injectFailure.split(separator: ":").compactMap { Int($0) }
-        guard parts.count == 2 else { throw ValidationError("--inject-failure takes RANK:STEP") }
+        guard parts.count == 2, parts[0] >= 0, parts[1] >= 0 else { throw ValidationError("--inject-failure takes RANK:STEP") }
         return (parts[0], parts[1])
     }
 

@@ -65,7 +65,7 @@ public final class Pipeline {
     public init(options: PipelineOptions, communicator: Communicator) throws {
         self.options = options
         self.communicator = communicator
-        log = try RunLog(active: communicator.isRoot, metricsPath: options.outputDirectory + "/metrics.jsonl")
+        log = RunLog(active: communicator.isRoot, metricsPath: options.outputDirectory + "/metrics.jsonl")
     }
 
     private var checkpointPath: String { options.outputDirectory + "/checkpoint.safetensors" }
@@ -75,6 +75,9 @@ public final class Pipeline {
     @discardableResult
     public func run() throws -> [StageResult] {
         let started = Date()
+        if let failure = options.injectFailure, failure.rank >= communicator.size {
+            throw RunError.invalid("--inject-failure: rank \(failure.rank) does not exist in a job of \(communicator.size)")
+        }
         var (train, test) = try options.dataset.load(from: options.dataDirectory)
         if let limit = options.trainSamples, limit < train.count {
             var rng = SplitMix64(seed: options.fp32.seed, stream: [0x5355_4253])
@@ -166,11 +169,14 @@ public final class Pipeline {
 
         // 3. QAT.
         let extra = ["efqat.fp32_accuracy": String(fp32Stage.accuracy), "efqat.ptq_accuracy": String(ptqStage.accuracy)]
-        let report = try qatTrainer.run(checkpointEvery: options.checkpointEvery) { t in
-            if let failure = self.options.injectFailure, failure.rank == self.communicator.rank {
-                let step = t.position.epoch * t.stepsPerEpoch + t.position.step
-                if step >= failure.step { throw RunError.invalid("injected failure at QAT step \(step)") }
+        if let failure = options.injectFailure, failure.rank == communicator.rank {
+            qatTrainer.afterStep = { t in
+                if t.completedSteps >= failure.step {
+                    throw RunError.invalid("injected failure after QAT step \(t.completedSteps)")
+                }
             }
+        }
+        let report = try qatTrainer.run(checkpointEvery: options.checkpointEvery) { t in
             try self.saveRunCheckpoint(model: model, trainer: t, phase: "qat", extra: extra)
         }
         let qatAccuracy = evaluate(model, on: test, communicator: communicator).accuracy

@@ -4,7 +4,9 @@ import Foundation
 /// silent log, so call sites need no rank checks.
 public final class RunLog {
     public let isActive: Bool
-    private let metrics: FileHandle?
+    private var metricsPath: String?
+    /// Opened at the first record, so a run that fails early leaves no file.
+    private var metrics: FileHandle?
     private let interactive: Bool
     private var barShown = false
 
@@ -13,28 +15,25 @@ public final class RunLog {
     /// `EFQAT_PROGRESS` says (`bar` or `lines`): under mpirun every rank's
     /// output is a pseudo-terminal whatever mpirun's own output is, so the
     /// launch script, which can tell, passes the answer on.
-    public init(active: Bool, metricsPath: String?) throws {
+    public init(active: Bool, metricsPath: String?) {
         isActive = active
+        self.metricsPath = active ? metricsPath : nil
         switch ProcessInfo.processInfo.environment["EFQAT_PROGRESS"] {
         case "bar": interactive = active
         case "lines": interactive = false
         default: interactive = active && isatty(1) == 1
         }
-        if active, let metricsPath {
-            let url = URL(fileURLWithPath: metricsPath)
-            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(),
-                                                    withIntermediateDirectories: true)
-            if !FileManager.default.fileExists(atPath: metricsPath) {
-                guard FileManager.default.createFile(atPath: metricsPath, contents: nil) else {
-                    throw RunError.unwritable(metricsPath)
-                }
-            }
-            guard let handle = FileHandle(forWritingAtPath: metricsPath) else { throw RunError.unwritable(metricsPath) }
-            handle.seekToEndOfFile()
-            metrics = handle
-        } else {
-            metrics = nil
+    }
+
+    private func openMetrics(_ path: String) throws -> FileHandle {
+        let url = URL(fileURLWithPath: path)
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        if !FileManager.default.fileExists(atPath: path) {
+            guard FileManager.default.createFile(atPath: path, contents: nil) else { throw RunError.unwritable(path) }
         }
+        guard let handle = FileHandle(forWritingAtPath: path) else { throw RunError.unwritable(path) }
+        handle.seekToEndOfFile()
+        return handle
     }
 
     /// A line for the person watching.
@@ -46,6 +45,14 @@ public final class RunLog {
 
     /// One JSON object per line in the metrics file.
     public func record(_ event: String, _ fields: [String: Any]) {
+        guard let metricsPath else { return }
+        if metrics == nil {
+            do { metrics = try openMetrics(metricsPath) } catch {
+                say("warning: \(error); metrics are not recorded")
+                self.metricsPath = nil
+                return
+            }
+        }
         guard let metrics else { return }
         var object = fields
         object["event"] = event

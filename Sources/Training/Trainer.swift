@@ -90,6 +90,12 @@ public final class Trainer {
     public var totalSteps: Int { stepsPerEpoch * options.epochs }
     public var isFinished: Bool { position.epoch >= options.epochs }
 
+    /// Called after every optimizer step (a testing aid: failure injection).
+    public var afterStep: (Trainer) throws -> Void = { _ in }
+
+    /// Optimizer steps taken in this phase, counting those before a resume.
+    public var completedSteps: Int { position.epoch * stepsPerEpoch + position.step }
+
     /// Continues from a saved position (the optimizer state is restored by the caller).
     public func resume(at position: TrainingPosition) { self.position = position }
 
@@ -111,6 +117,7 @@ public final class Trainer {
                 report.samples += options.globalBatch
                 report.lastLoss = loss
                 position.step += 1
+                try afterStep(self)
                 let detail = String(format: "epoch %d/%d loss %.4f acc %.3f lr %.4f",
                                     position.epoch + 1, options.epochs, loss, accuracy, lr)
                 log.progress(options.name, done: globalStep + 1, total: totalSteps, every: options.logEvery, detail: detail)

@@ -63,7 +63,7 @@ final class TrainingTests: XCTestCase {
     func testTrainingLowersTheLoss() throws {
         let model = tinyModel(), data = syntheticDataset()
         let trainer = try Trainer(model: model, data: data, options: phase(epochs: 4), communicator: communicator,
-                                  log: try RunLog(active: false, metricsPath: nil))
+                                  log: RunLog(active: false, metricsPath: nil))
         let before = evaluate(model, on: data, communicator: communicator)
         let report = try trainer.run { _ in }
         let after = evaluate(model, on: data, communicator: communicator)
@@ -77,7 +77,7 @@ final class TrainingTests: XCTestCase {
         let model = tinyModel(), data = syntheticDataset()
         quantize(model, data: data)
         let trainer = try Trainer(model: model, data: data, options: phase(epochs: 1), communicator: communicator,
-                                  log: try RunLog(active: false, metricsPath: nil))
+                                  log: RunLog(active: false, metricsPath: nil))
         _ = try trainer.run { _ in }
         let path = temporaryPath("round.safetensors")
         try SafeTensorsFile(tensors: ModelCheckpoint.tensors(of: model, includeQuantizers: true, optimizer: trainer.optimizer))
@@ -116,7 +116,7 @@ final class TrainingTests: XCTestCase {
     /// with exactly the weights of the uninterrupted run.
     func testResumeFromEpochCheckpointIsExact() throws {
         let data = syntheticDataset()
-        let log = try RunLog(active: false, metricsPath: nil)
+        let log = RunLog(active: false, metricsPath: nil)
         let straight = tinyModel()
         _ = try Trainer(model: straight, data: data, options: phase(epochs: 3), communicator: communicator, log: log)
             .run { _ in }

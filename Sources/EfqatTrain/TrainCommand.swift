@@ -72,6 +72,13 @@ struct TrainCommand: RankCommand {
     @Option(help: "Per-layer bits, e.g. 'layer1.0.conv1=W4A8,fc=W8A8' (A- keeps the input in float).")
     var layerBits: String?
 
+    @Option(help: ArgumentHelp(
+        "A JSON quantization policy: weight_bits, activation_bits, first_layer, last_layer and layers "
+            + "(name -> bits), e.g. {\"layers\": {\"layer3.2.conv2\": \"W8A8\"}}. Its values replace --weight-bits and "
+            + "--activation-bits; --layer-bits entries win over its layers.",
+        valueName: "path"))
+    var policy: String?
+
     @Option(name: .customLong("mixquant"),
             help: "Search per-layer weight bits before calibration (MixQuant): threshold:<multiplier> or budget:<mean bits>; --layer-bits still wins.",
             transform: { try MixQuantRule(parsing: $0) })
@@ -150,12 +157,22 @@ struct TrainCommand: RankCommand {
         if !(percentile > 50 && percentile <= 100) { throw ValidationError("--percentile must be in (50, 100], got \(percentile)") }
         if augmentShift < 0 { throw ValidationError("--augment-shift must be 0 or more, got \(augmentShift)") }
         if let trainSamples, trainSamples <= 0 { throw ValidationError("--train-samples must be positive, got \(trainSamples)") }
-        _ = try policy()
+        _ = try quantizationPolicy()
         _ = try failure()
     }
 
-    func policy() throws -> QuantizationPolicy {
+    func quantizationPolicy() throws -> QuantizationPolicy {
         var policy = QuantizationPolicy(weightBits: weightBits, activationBits: activationBits)
+        if let path = self.policy {
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw ValidationError("--policy: cannot read \(path)")
+            }
+            do {
+                policy = try QuantizationPolicy.parse(json: Array(data), base: policy, source: path)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
         for item in (layerBits ?? "").split(separator: ",") {
             let parts = item.split(separator: "=")
             guard parts.count == 2, let bits = QuantizationPolicy.parseBits(String(parts[1])) else {
@@ -189,7 +206,7 @@ struct TrainCommand: RankCommand {
         let fp32 = phase("fp32", epochs: fp32Epochs, learningRate: lr)
         let qat = phase("qat", epochs: qatEpochs, learningRate: qatLr)
         var options = PipelineOptions(dataDirectory: dataDir ?? repositoryCache, outputDirectory: output,
-                                      fp32: fp32, qat: qat, policy: try policy())
+                                      fp32: fp32, qat: qat, policy: try quantizationPolicy())
         options.dataset = dataset
         options.widthMultiplier = width
         options.calibrationSamples = calibrationSamples

@@ -2,7 +2,7 @@ import Kernels
 
 /// max(x, 0). Backward passes dy where the output was positive.
 public final class ReLU {
-    private var output = FloatBuffer()
+    private let output = FloatBuffer()
     private var outputMap: FeatureMap?
     private let inputGradient = FloatBuffer()
 
@@ -26,26 +26,19 @@ public final class ReLU {
 /// relu(a + b): the end of a residual block. Backward gives one gradient,
 /// which flows to both branches.
 public final class AddReLU {
-    private let output = FloatBuffer()
-    private var outputMap: FeatureMap?
-    private let inputGradient = FloatBuffer()
+    private let sum = FloatBuffer()
+    private let relu = ReLU()
 
     public init() {}
 
     public func forward(_ a: FeatureMap, _ b: FeatureMap) -> FeatureMap {
         precondition(a.count == b.count, "residual shapes differ")
-        let y = a.like(output)
-        for i in 0..<a.count { y.data[i] = max(a.data[i] + b.data[i], 0) }
-        outputMap = y
-        return y
+        let s = a.like(sum)
+        for i in 0..<a.count { s.data[i] = a.data[i] + b.data[i] }
+        return relu.forward(s)
     }
 
-    public func backward(_ dy: FeatureMap) -> FeatureMap {
-        guard let y = outputMap else { preconditionFailure("AddReLU: backward before forward") }
-        let dx = y.like(inputGradient)
-        for i in 0..<y.count { dx.data[i] = y.data[i] > 0 ? dy.data[i] : 0 }
-        return dx
-    }
+    public func backward(_ dy: FeatureMap) -> FeatureMap { relu.backward(dy) }
 }
 
 /// Mean over each image's spatial positions: [C, N, H, W] -> [C, N, 1, 1].

@@ -1,3 +1,4 @@
+import Foundation
 import Kernels
 import Layers
 
@@ -77,4 +78,57 @@ extension ResNet {
             layer.inputQuantizer.enabled = false
         }
     }
+}
+
+extension QuantizationPolicy {
+    /// Reads a policy from JSON, e.g.
+    ///
+    ///     {"weight_bits": 4, "activation_bits": 4,
+    ///      "first_layer": "W8A-", "last_layer": "W8A8",
+    ///      "layers": {"layer3.2.conv2": "W8A8"}}
+    ///
+    /// Every key is optional; missing ones keep the values of `base`.
+    public static func parse(json data: [UInt8], base: QuantizationPolicy, source: String) throws -> QuantizationPolicy {
+        struct File: Decodable {
+            var weight_bits: Int?
+            var activation_bits: Int?
+            var first_layer: String?
+            var last_layer: String?
+            var layers: [String: String]?
+        }
+        let file: File
+        do {
+            file = try JSONDecoder().decode(File.self, from: Data(data))
+        } catch {
+            throw PolicyError("\(source): not a policy file: \(error)")
+        }
+        func bits(_ text: String, _ key: String) throws -> LayerBits {
+            guard let bits = parseBits(text) else {
+                throw PolicyError("\(source): \(key) is '\(text)'; expected W<bits>A<bits> with bits 2...8, e.g. W4A8, or W8A- for a float input")
+            }
+            return bits
+        }
+        var policy = base
+        for (key, value) in [("weight_bits", file.weight_bits), ("activation_bits", file.activation_bits)] {
+            if let value, !(2...8).contains(value) { throw PolicyError("\(source): \(key) must be 2...8, got \(value)") }
+        }
+        policy.weightBits = file.weight_bits ?? policy.weightBits
+        policy.activationBits = file.activation_bits ?? policy.activationBits
+        if let first = file.first_layer { policy.firstLayer = try bits(first, "first_layer") }
+        if let last = file.last_layer { policy.lastLayer = try bits(last, "last_layer") }
+        for (name, text) in file.layers ?? [:] { policy.overrides[name] = try bits(text, "layers.\(name)") }
+        return policy
+    }
+
+    /// Names in `overrides` that are not layers of `model`: almost always a typo.
+    public func unknownLayers(in model: ResNet) -> [String] {
+        let names = Set(model.layers.map(\.name))
+        return overrides.keys.filter { !names.contains($0) }.sorted()
+    }
+}
+
+/// A policy that cannot be used, with a message saying why.
+public struct PolicyError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }

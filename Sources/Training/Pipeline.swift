@@ -87,6 +87,11 @@ public final class Pipeline {
                                            widthMultiplier: options.widthMultiplier)
         let model = ResNet(config)
         model.initialize(seed: options.fp32.seed)
+        let unknown = options.policy.unknownLayers(in: model)
+        guard unknown.isEmpty else {
+            throw RunError.invalid("the quantization policy names layers this model does not have: "
+                + unknown.joined(separator: ", ") + " (layers are named like conv1, layer2.0.downsample.0, fc)")
+        }
         log.say("efqat-train: ResNet-\(config.depth) on \(options.dataset.rawValue) (\(train.count) train, \(test.count) test), "
                 + "\(communicator.size) rank(s), global batch \(options.qat.globalBatch)")
 

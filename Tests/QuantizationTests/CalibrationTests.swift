@@ -191,3 +191,31 @@ final class CalibrationTests: XCTestCase {
         }
     }
 }
+
+/// Quantization policies read from JSON files.
+final class PolicyFileTests: XCTestCase {
+    func testPolicyFileOverridesTheBase() throws {
+        let json = #"{"weight_bits": 3, "first_layer": "W6A-", "layers": {"fc": "W8A8", "layer1.0.conv1": "w2a4"}}"#
+        let policy = try QuantizationPolicy.parse(json: Array(json.utf8), base: QuantizationPolicy(weightBits: 8, activationBits: 5),
+                                                  source: "p.json")
+        XCTAssertEqual(policy.weightBits, 3)
+        XCTAssertEqual(policy.activationBits, 5)
+        XCTAssertEqual(policy.firstLayer, LayerBits(weight: 6, activation: nil))
+        XCTAssertEqual(policy.overrides["layer1.0.conv1"], LayerBits(weight: 2, activation: 4))
+        XCTAssertEqual(policy.unknownLayers(in: tinyResNet(seed: 1)), [])
+    }
+
+    func testBadPolicyFilesNameTheProblem() {
+        let base = QuantizationPolicy(weightBits: 4, activationBits: 4)
+        for (json, fragment) in [("{", "not a policy file"), (#"{"weight_bits": 9}"#, "weight_bits must be 2...8"),
+                                 (#"{"layers": {"fc": "W9A8"}}"#, "layers.fc is 'W9A8'")] {
+            XCTAssertThrowsError(try QuantizationPolicy.parse(json: Array(json.utf8), base: base, source: "p.json")) { error in
+                XCTAssertTrue("\(error)".hasPrefix("p.json: "), "\(error)")
+                XCTAssertTrue("\(error)".contains(fragment), "\(error)")
+            }
+        }
+        var typo = base
+        typo.overrides["layer9.0.conv1"] = LayerBits(weight: 4, activation: 4)
+        XCTAssertEqual(typo.unknownLayers(in: tinyResNet(seed: 1)), ["layer9.0.conv1"])
+    }
+}

@@ -70,6 +70,39 @@ final class DataParallelEquivalenceTests: XCTestCase {
                              mpi: try mpi(ranks: 4, name: "mpi-4-ranks"), ranks: 4)
     }
 
+    /// Calibration sees the union of the ranks' samples: min/max and the
+    /// histograms are reduced over ranks, so 4 ranks end with bit-identical
+    /// quantizer parameters to 1 process calibrating the same FP32 model on
+    /// the same samples (here with the histogram-based L_p search).
+    func testFourRanksCalibrateLikeOneProcess() throws {
+        let trained = try singleProcess(accumulation: 2, name: "one-process-accumulation-2")
+        try assertSucceeded(trained, ranks: 1)
+        let calibration = ["--qat-epochs", "0", "--weight-bits", "4", "--activation-bits", "4",
+                           "--weight-calibration", "lp", "--activation-calibration", "lp", "--calibration-samples", "200"]
+        func calibrated(_ name: String, ranks: Int) throws -> SafeTensorsFile {
+            let run = try Self.runs.run(name) { output, marker in
+                // Both start from the same FP32 model, which the run reuses.
+                try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+                try FileManager.default.copyItem(atPath: trained.output + "/fp32.safetensors",
+                                                 toPath: output + "/fp32.safetensors")
+                let arguments = try self.options(output: output) + calibration
+                return ranks == 1
+                    ? try Jobs.single(arguments, marker: marker, folder: Self.runs.folder, timeout: Self.runTimeout)
+                    : try Jobs.mpi(ranks: ranks, arguments, marker: marker, folder: Self.runs.folder, timeout: Self.runTimeout)
+            }
+            XCTAssertEqual(run.job.status, 0, run.job.output)
+            XCTAssertTrue(run.job.stdout.contains("reusing the FP32 model"), run.job.stdout)
+            return try SafeTensorsFile.read(from: run.output + "/final.safetensors")
+        }
+        let one = try calibrated("calibrate-1-rank", ranks: 1)
+        let four = try calibrated("calibrate-4-ranks", ranks: 4)
+        let quantizers = one.tensors.filter { $0.name.contains("_quantizer.") }
+        XCTAssertEqual(quantizers.count, 3 * 22)  // 22 conv and linear layers
+        for tensor in quantizers {
+            XCTAssertEqual(four[tensor.name]?.bytes, tensor.bytes, "\(tensor.name) differs between 1 and 4 ranks")
+        }
+    }
+
     func testTwoRankRunsAreBitwiseIdentical() throws {
         let first = try mpi(ranks: 2, name: "mpi-2-ranks")
         let second = try mpi(ranks: 2, name: "mpi-2-ranks-again")

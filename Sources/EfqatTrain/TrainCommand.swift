@@ -2,6 +2,7 @@ import ArgumentParser
 import Data
 import Distributed
 import Foundation
+import Layers
 import Quantization
 import Training
 
@@ -69,6 +70,12 @@ struct TrainCommand: RankCommand {
     @Option(help: "Activation (layer input) bits of the quantized layers (last layer: 8; the image is not quantized).")
     var activationBits = 8
 
+    @Option(help: "Weight quantizers (per output channel): symmetric (signed grid, zero point 0) or asymmetric (unsigned grid with an integer zero point).")
+    var weightScheme: QuantScheme = .symmetric
+
+    @Option(help: "Activation (layer input) quantizers (per tensor): symmetric or asymmetric.")
+    var activationScheme: QuantScheme = .asymmetric
+
     @Option(help: "Per-layer bits, e.g. 'layer1.0.conv1=W4A8,fc=W8A8' (A- keeps the input in float).")
     var layerBits: String?
 
@@ -95,6 +102,10 @@ struct TrainCommand: RankCommand {
 
     @Option(help: "Percentile kept by --*-calibration percentile.")
     var percentile = 99.99
+
+    @Flag(inversion: .prefixedNo,
+          help: "After calibration, re-estimate batch-norm running statistics on the quantized model.")
+    var bnReestimate = true
 
     @Flag(help: "After calibration, reconstruct rounding and steps block by block (Genie-M / BRECQ with QDrop).")
     var reconstruct = false
@@ -155,6 +166,9 @@ struct TrainCommand: RankCommand {
             throw ValidationError("\(name) must be a positive number, got \(value)")
         }
         if !(percentile > 50 && percentile <= 100) { throw ValidationError("--percentile must be in (50, 100], got \(percentile)") }
+        if reconstruct && weightScheme == .asymmetric {
+            throw ValidationError("--reconstruct (AdaRound) supports --weight-scheme symmetric only")
+        }
         if augmentShift < 0 { throw ValidationError("--augment-shift must be 0 or more, got \(augmentShift)") }
         if let trainSamples, trainSamples <= 0 { throw ValidationError("--train-samples must be positive, got \(trainSamples)") }
         _ = try quantizationPolicy()
@@ -163,6 +177,8 @@ struct TrainCommand: RankCommand {
 
     func quantizationPolicy() throws -> QuantizationPolicy {
         var policy = QuantizationPolicy(weightBits: weightBits, activationBits: activationBits)
+        policy.weightScheme = weightScheme
+        policy.activationScheme = activationScheme
         if let path = self.policy {
             guard let data = FileManager.default.contents(atPath: path) else {
                 throw ValidationError("--policy: cannot read \(path)")
@@ -212,6 +228,7 @@ struct TrainCommand: RankCommand {
         options.calibrationSamples = calibrationSamples
         options.calibration = CalibrationOptions(weights: weightCalibration, activations: activationCalibration)
         options.calibration.percentile = percentile
+        options.reestimateBatchNorm = bnReestimate
         if reconstruct {
             var reconstruction = ReconstructionOptions()
             reconstruction.samples = reconstructionSamples
@@ -241,4 +258,5 @@ extension TrainCommand {
 
 extension DatasetFormat: ExpressibleByArgument {}
 extension RangeEstimator: ExpressibleByArgument {}
+extension QuantScheme: ExpressibleByArgument {}
 extension LearningRateSchedule: ExpressibleByArgument {}

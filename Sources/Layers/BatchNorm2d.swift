@@ -114,6 +114,29 @@ public final class BatchNorm2d {
         batchesTracked += 1
     }
 
+    /// Replaces the running statistics by the average of `microBatches`
+    /// micro-batch statistics given as sums (BN re-estimation after
+    /// quantization), and clears the pending ones.
+    public func setRunningStatistics(sums: UnsafePointer<Float>, microBatches: Int) {
+        precondition(microBatches > 0, "\(name): no statistics to set")
+        let rm = store.state[runningMean], rv = store.state[runningVar]
+        for c in 0..<channels {
+            rm[c] = sums[c] / Float(microBatches)
+            rv[c] = sums[channels + c] / Float(microBatches)
+        }
+        discardPendingStatistics()
+    }
+
+    /// Forgets the statistics of forwards since the last commit.
+    public func discardPendingStatistics() {
+        pendingMean.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+        pendingVar.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+        pendingCount = 0
+    }
+
+    /// Micro-batches whose statistics are pending.
+    public var pendingMicroBatches: Int { pendingCount }
+
     /// Folds this process's pending statistics into the running ones (one
     /// process, no reduction).
     public func commitRunningStatistics() {

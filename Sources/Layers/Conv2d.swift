@@ -2,7 +2,8 @@ import Kernels
 
 /// 2-D convolution (square kernel, no groups) as im2col + one GEMM per
 /// chunk of images, with optional fake quantization of its weight (per
-/// output channel) and of its input (per tensor).
+/// output channel) and of its input (per tensor), each symmetric or
+/// asymmetric (see `QuantScheme`).
 ///
 /// Forward:  Y[C_out, N*P] = W_q[C_out, K] * col(x_q)[K, N*P]   (+ bias)
 /// Backward: dW_q[S, :]    = dY[S, N*P] * col(x_q)^T            rows S only
@@ -85,7 +86,8 @@ public final class Conv2d {
         guard weightQuantizer.enabled else { return w }
         let out = quantizedWeight.reserve(weight.count)
         weightQuantizer.forward(w, rows: outChannels, rowLength: patchSize,
-                                steps: store.parameters.pointer(weightQuantizer.step), into: out)
+                                steps: store.parameters.pointer(weightQuantizer.step),
+                                zeroPoints: store.state.pointer(weightQuantizer.zeroPoint), into: out)
         return out
     }
 
@@ -201,7 +203,8 @@ public final class Conv2d {
 
         if quantized {
             weightQuantizer.backward(wRaw, rows: gradientRows, rowLength: K,
-                                     steps: params.pointer(weightQuantizer.step), scratch: dwTarget,
+                                     steps: params.pointer(weightQuantizer.step),
+                                     zeroPoints: store.state.pointer(weightQuantizer.zeroPoint), scratch: dwTarget,
                                      weightGradient: grads.pointer(weight),
                                      stepGradient: grads.pointer(weightQuantizer.step))
         }

@@ -1,6 +1,27 @@
 import Kernels
 
-/// Per-output-channel weight fake quantization with learnable (LSQ) steps.
+/// How a quantizer maps real values onto its integer grid, as in PyTorch
+/// (`qint8` per-channel symmetric weights, `quint8` affine activations) and
+/// AIMET (`use_symmetric_encodings`).
+///
+/// - `symmetric`: signed grid -2^(b-1) ... 2^(b-1)-1, zero point 0.
+/// - `asymmetric`: unsigned grid 0 ... 2^b-1 with an integer zero point.
+///
+/// A quantizer's scheme is its grid's signedness: `QuantizationPolicy`
+/// sets the grids, calibration reads the scheme back from them.
+public enum QuantScheme: String, Sendable, CaseIterable, Codable {
+    case symmetric
+    case asymmetric
+
+    /// The scheme of a grid: signed grids are symmetric.
+    public init(grid: QuantGrid) { self = grid.signed ? .symmetric : .asymmetric }
+
+    /// The grid of this scheme at `bits` bits.
+    public func grid(bits: Int) -> QuantGrid { QuantGrid(bits: bits, signed: self == .symmetric) }
+}
+
+/// Per-output-channel weight fake quantization with learnable (LSQ) steps
+/// and calibrated integer zero points (all 0 for the symmetric scheme).
 ///
 /// Off until calibrated: a model starts in FP32 and `enabled` turns its
 /// layers into fake-quantized ones without changing the arena layout, so
@@ -8,6 +29,9 @@ import Kernels
 public final class WeightQuantizer {
     /// One step per output channel: `<layer>.weight_quantizer.step`.
     public let step: ParameterSlot
+    /// One zero point per output channel, saved, not trained:
+    /// `<layer>.weight_quantizer.zero_point` (0 for symmetric weights).
+    public let zeroPoint: ParameterSlot
     public var grid: QuantGrid
     public var enabled = false
     /// AdaRound soft rounding instead of round-to-nearest while set (block
@@ -16,26 +40,32 @@ public final class WeightQuantizer {
 
     init(layer: String, rows: Int, store: ParameterStore) {
         step = store.register("\(layer).weight_quantizer.step", shape: [rows], role: .weightStep)
+        zeroPoint = store.register("\(layer).weight_quantizer.zero_point", shape: [rows], role: .zeroPoint)
         grid = QuantGrid(bits: 8, signed: true)
     }
 
+    /// Symmetric for a signed grid, asymmetric for an unsigned one.
+    public var scheme: QuantScheme { QuantScheme(grid: grid) }
+
     /// Writes the fake-quantized rows of `weight` (rows x rowLength) into `out`.
     func forward(_ weight: UnsafePointer<Float>, rows: Int, rowLength: Int,
-                 steps: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+                 steps: UnsafePointer<Float>, zeroPoints: UnsafePointer<Float>,
+                 into out: UnsafeMutablePointer<Float>) {
         if let softRounding {
+            precondition(grid.signed, "soft rounding (AdaRound) supports symmetric weights only")
             softRounding.forward(rows: rows, rowLength: rowLength, steps: steps, grid: grid, into: out)
             return
         }
         for r in 0..<rows {
             fakeQuantize(weight + r * rowLength, out + r * rowLength, count: rowLength,
-                         step: steps[r], zeroPoint: 0, grid: grid)
+                         step: steps[r], zeroPoint: zeroPoints[r], grid: grid)
         }
     }
 
     /// Turns dL/dW_q of the given rows (in `scratch`) into dL/dW, added to
     /// `weightGradient`, and the LSQ step gradients, added to `stepGradient`.
     func backward(_ weight: UnsafePointer<Float>, rows: [Range<Int>], rowLength: Int,
-                  steps: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>,
+                  steps: UnsafePointer<Float>, zeroPoints: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>,
                   weightGradient: UnsafeMutablePointer<Float>, stepGradient: UnsafeMutablePointer<Float>) {
         if let softRounding {
             softRounding.backward(rows: rows, rowLength: rowLength, steps: steps, grid: grid,
@@ -47,7 +77,7 @@ public final class WeightQuantizer {
             for r in run {
                 let g = scratch + r * rowLength
                 let ds = fakeQuantizeBackward(weight + r * rowLength, gradient: g, count: rowLength,
-                                              step: steps[r], zeroPoint: 0, grid: grid)
+                                              step: steps[r], zeroPoint: zeroPoints[r], grid: grid)
                 stepGradient[r] += scale * ds
                 let dw = weightGradient + r * rowLength
                 for i in 0..<rowLength { dw[i] += g[i] }
@@ -71,6 +101,9 @@ public final class ActivationQuantizer {
         zeroPoint = store.register("\(layer).input_quantizer.zero_point", shape: [1], role: .zeroPoint)
         grid = QuantGrid(bits: 8, signed: false)
     }
+
+    /// Symmetric for a signed grid, asymmetric for an unsigned one.
+    public var scheme: QuantScheme { QuantScheme(grid: grid) }
 }
 
 /// AdaRound soft rounding with a learned step (Genie-M): the weight
@@ -86,7 +119,8 @@ public final class ActivationQuantizer {
 /// with h'(V) = sigmoid'(V) * (zeta - gamma) where 0 < h < 1, else 0; the
 /// step gradient is not LSQ-scaled and W itself gets no gradient.
 /// The buffers (rows x rowLength, laid out like the weight) belong to the
-/// caller and must outlive the mode.
+/// caller and must outlive the mode. Symmetric weights (signed grid) only:
+/// the weight quantizer refuses soft rounding on an asymmetric grid.
 public struct SoftRounding {
     public static let zeta: Float = 1.1
     public static let gamma: Float = -0.1

@@ -49,9 +49,11 @@ public struct CalibrationOptions: Sendable, Equatable {
 /// all ranks, so every rank ends with identical steps and zero points, and
 /// the result depends only on the union of the ranks' samples.
 ///
-/// Weights: per output channel, symmetric: s = clip / qmax.
-/// Activations: per tensor, with the range widened to include 0:
-/// s = (hi - lo) / (2^b - 1), z = round(-lo / s).
+/// Weights per output channel, activations per tensor, each by its
+/// quantizer's scheme (`QuantScheme`, read from the grid) on the clipping
+/// range [lo, hi] widened to include 0:
+/// symmetric (signed grid): s = max(|lo|, |hi|) / qmax, z = 0;
+/// asymmetric (unsigned grid): s = (hi - lo) / (2^b - 1), z = round(-lo / s).
 public func calibrate(_ model: ResNet, options: CalibrationOptions = CalibrationOptions(),
                       communicator: Communicator, runBatches: () -> Void) {
     let layers = model.layers
@@ -88,7 +90,7 @@ public func calibrate(_ model: ResNet, options: CalibrationOptions = Calibration
     for (layer, observer) in zip(active, observers) {
         let q = layer.inputQuantizer
         let (lo, hi) = observer.clipRange(options: options, grid: q.grid)
-        let (step, zero) = affineParameters(low: lo, high: hi, grid: q.grid)
+        let (step, zero) = quantizationParameters(low: lo, high: hi, grid: q.grid)
         store.parameters[q.step][0] = step
         store.state[q.zeroPoint][0] = zero
     }
@@ -101,18 +103,39 @@ func affineParameters(low: Float, high: Float, grid: QuantGrid) -> (step: Float,
     return (step, zero)
 }
 
-/// Per-channel symmetric weight steps, s = clip / qmax, with the clip of
-/// each row chosen by `options.weights`.
+/// Step and zero point of [low, high] (which contains 0) by the grid's
+/// scheme: symmetric (signed grid) s = max(|low|, |high|) / qmax, z = 0;
+/// asymmetric (unsigned grid) as `affineParameters`.
+func quantizationParameters(low: Float, high: Float, grid: QuantGrid) -> (step: Float, zeroPoint: Float) {
+    switch QuantScheme(grid: grid) {
+    case .symmetric: return (max(max(-low, high) / grid.qmax, 1e-8), 0)
+    case .asymmetric: return affineParameters(low: low, high: high, grid: grid)
+    }
+}
+
+/// Per-channel weight steps and zero points, with the clip of each row
+/// chosen by `options.weights`. Symmetric weights (signed grid):
+/// s = clip / qmax with clip <= max|W_row|, z = 0. Asymmetric weights
+/// (unsigned grid): the row's [min, max] widened to include 0, clipped at
+/// both ends like an activation range, then s = (hi - lo) / (2^b - 1),
+/// z = round(-lo / s).
 public func calibrateWeights(of layer: Conv2d, store: ParameterStore,
                              options: CalibrationOptions = CalibrationOptions()) {
     guard layer.weightQuantizer.enabled else { return }
     let w = store.parameters.pointer(layer.weight)
     let steps = store.parameters[layer.weightQuantizer.step]
+    let zeroPoints = store.state[layer.weightQuantizer.zeroPoint]
     let grid = layer.weightQuantizer.grid
     let n = layer.weight.rowLength
     for r in 0..<layer.outChannels {
         let row = w + r * n
         let (lo, hi) = extrema(row, count: n)
+        zeroPoints[r] = 0
+        if !grid.signed {
+            (steps[r], zeroPoints[r]) = asymmetricRowParameters(row, count: n, low: lo, high: hi,
+                                                                grid: grid, options: options)
+            continue
+        }
         let maxAbs = max(-lo, hi)
         var clip = maxAbs
         switch options.weights {
@@ -135,6 +158,34 @@ public func calibrateWeights(of layer: Conv2d, store: ParameterStore,
         }
         steps[r] = max(clip / grid.qmax, 1e-8)
     }
+}
+
+/// Step and zero point of one weight row on an unsigned grid.
+private func asymmetricRowParameters(_ row: UnsafePointer<Float>, count n: Int, low: Float, high: Float,
+                                     grid: QuantGrid, options: CalibrationOptions) -> (Float, Float) {
+    var lo = min(low, 0), hi = max(high, 0)
+    switch options.weights {
+    case .minMax:
+        break
+    case .percentile:
+        let sorted = UnsafeBufferPointer(start: row, count: n).sorted()
+        func at(_ fraction: Double) -> Float { sorted[min(n - 1, max(0, Int((fraction * Double(n - 1)).rounded())))] }
+        lo = min(at(1 - options.percentile / 100), 0)
+        hi = max(at(options.percentile / 100), 0)
+    case .lp:
+        var best = Float.infinity
+        let (fullLow, fullHigh) = (lo, hi)
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: n) { scratch in
+            for ratio in options.clipRatios {
+                let (step, zero) = affineParameters(low: ratio * fullLow, high: ratio * fullHigh, grid: grid)
+                fakeQuantize(row, scratch.baseAddress!, count: n, step: step, zeroPoint: zero, grid: grid)
+                var error: Float = 0
+                for i in 0..<n { error += powf(abs(row[i] - scratch[i]), options.lpNorm) }
+                if error < best { best = error; (lo, hi) = (ratio * fullLow, ratio * fullHigh) }
+            }
+        }
+    }
+    return affineParameters(low: lo, high: hi, grid: grid)
 }
 
 /// The observed range of one activation and, for histogram-based
@@ -183,7 +234,7 @@ final class RangeObserver {
             let width = binWidth
             for ratio in options.clipRatios {
                 let lo = low * ratio, hi = high * ratio
-                let (step, zero) = affineParameters(low: lo, high: hi, grid: grid)
+                let (step, zero) = quantizationParameters(low: lo, high: hi, grid: grid)
                 var error: Double = 0
                 for (b, count) in counts.enumerated() where count > 0 {
                     let center = low + (Float(b) + 0.5) * width

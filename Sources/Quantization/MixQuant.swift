@@ -232,10 +232,12 @@ public enum MixQuant {
         let savedGrid = quantizer.grid, savedEnabled = quantizer.enabled
         let stepSlot = quantizer.step
         let savedSteps = Array(store.parameters[stepSlot])
+        let savedZeroPoints = Array(store.state[quantizer.zeroPoint])
         defer {
             quantizer.grid = savedGrid
             quantizer.enabled = savedEnabled
             _ = store.parameters[stepSlot].update(from: savedSteps)
+            _ = store.state[quantizer.zeroPoint].update(from: savedZeroPoints)
         }
 
         let w = store.parameters.pointer(layer.weight)

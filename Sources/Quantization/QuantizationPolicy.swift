@@ -22,9 +22,16 @@ public struct LayerBits: Sendable, Equatable, Codable, CustomStringConvertible {
 /// weights at 8 bits with its input (the image) not quantized, the last
 /// (classifier) layer at W8A8, every other layer at the target bits.
 /// `overrides` replaces the bits of named layers.
+///
+/// Weights are quantized per output channel and layer inputs per tensor,
+/// each with its scheme: by default symmetric weights (signed grid, zero
+/// point 0) and asymmetric inputs (unsigned grid, integer zero point), as
+/// PyTorch's default QAT config.
 public struct QuantizationPolicy: Sendable, Equatable {
     public var weightBits: Int
     public var activationBits: Int
+    public var weightScheme: QuantScheme = .symmetric
+    public var activationScheme: QuantScheme = .asymmetric
     public var firstLayer = LayerBits(weight: 8, activation: nil)
     public var lastLayer = LayerBits(weight: 8, activation: 8)
     public var overrides: [String: LayerBits] = [:]
@@ -53,15 +60,16 @@ public struct QuantizationPolicy: Sendable, Equatable {
         return LayerBits(weight: w, activation: a)
     }
 
-    /// Sets every layer's grids from the policy and turns quantization on.
+    /// Sets every layer's grids from the policy (signed for a symmetric
+    /// scheme, unsigned for an asymmetric one) and turns quantization on.
     public func apply(to model: ResNet) {
         let layers = model.layers
         for (i, layer) in layers.enumerated() {
             let bits = self.bits(layer: layer.name, index: i, count: layers.count)
-            layer.weightQuantizer.grid = QuantGrid(bits: bits.weight, signed: true)
+            layer.weightQuantizer.grid = weightScheme.grid(bits: bits.weight)
             layer.weightQuantizer.enabled = true
             if let a = bits.activation {
-                layer.inputQuantizer.grid = QuantGrid(bits: a, signed: false)
+                layer.inputQuantizer.grid = activationScheme.grid(bits: a)
                 layer.inputQuantizer.enabled = true
             } else {
                 layer.inputQuantizer.enabled = false

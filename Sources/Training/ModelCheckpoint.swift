@@ -9,7 +9,7 @@ import Layers
 /// - every parameter and state slot under its own name (`conv1.weight`,
 ///   `layer2.0.downsample.1.running_var`, `fc.bias`, and the quantizers'
 ///   `<layer>.weight_quantizer.step`, `<layer>.input_quantizer.step` and
-///   `<layer>.input_quantizer.zero_point`);
+///   `<layer>.input_quantizer.zero_point`, `<layer>.weight_quantizer.zero_point`);
 /// - `<bn>.num_batches_tracked` as a 0-dimensional int64, as PyTorch saves it;
 /// - `optimizer.momentum_buffer.<name>` for every trained parameter.
 ///

@@ -21,6 +21,9 @@ public struct PipelineOptions: Sendable {
     /// Run the MixQuant bit search on the FP32 model before calibration and
     /// use its per-layer weight bits (explicit `policy.overrides` still win).
     public var mixQuant: MixQuantOptions?
+    /// Re-estimate batch-norm running statistics on the quantized model
+    /// after calibration, before reconstruction.
+    public var reestimateBatchNorm = true
     /// Block reconstruction (Genie-M / BRECQ) after calibration; nil: off.
     public var reconstruction: ReconstructionOptions?
     /// A checkpoint to continue from: a path, or "auto" for the run's own.
@@ -162,6 +165,11 @@ public final class Pipeline {
         } else {
             let t0 = Date()
             calibrate(model, on: train)
+            if options.reestimateBatchNorm {
+                reestimateBatchNormStatistics(model, communicator: communicator) {
+                    forwardCalibrationSamples(model, train, training: true)
+                }
+            }
             if let reconstruction = options.reconstruction { reconstruct(model, on: train, options: reconstruction) }
             ptqStage.seconds = Date().timeIntervalSince(t0)
             ptqStage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
@@ -204,19 +212,26 @@ public final class Pipeline {
     /// Min-max calibration on a fixed, seeded subset of the training set,
     /// sharded over ranks; the ranges are reduced so all ranks agree.
     private func calibrate(_ model: ResNet, on train: Dataset) {
+        Quantization.calibrate(model, options: options.calibration, communicator: communicator) {
+            forwardCalibrationSamples(model, train, training: false)
+        }
+    }
+
+    /// Forward passes over this rank's shard of a fixed, seeded subset of
+    /// the training set, in batches of 128 (32 in training mode, so batch
+    /// norm sees batches of the size it was trained with).
+    private func forwardCalibrationSamples(_ model: ResNet, _ train: Dataset, training: Bool) {
         var rng = SplitMix64(seed: options.qat.seed, stream: [0x4341_4C49])
         let chosen = Array(rng.permutation(train.count).prefix(options.calibrationSamples))
         let shard = contiguousShard(count: chosen.count, rank: communicator.rank, worldSize: communicator.size)
-        let batch = 128
+        let batch = training ? 32 : 128
         let images = FloatBuffer(capacity: batch * train.sampleSize)
         var labels = [Int32](repeating: 0, count: batch)
-        Quantization.calibrate(model, options: options.calibration, communicator: communicator) {
-            for start in stride(from: shard.lowerBound, to: shard.upperBound, by: batch) {
-                let indices = chosen[start..<min(start + batch, shard.upperBound)]
-                labels.withUnsafeMutableBufferPointer { train.gatherBatch(indices, pixels: images.pointer, labels: $0.baseAddress!) }
-                _ = model.forward(FeatureMap(data: images.pointer, channels: train.channels, batch: indices.count,
-                                             height: train.height, width: train.width), training: false)
-            }
+        for start in stride(from: shard.lowerBound, to: shard.upperBound, by: batch) {
+            let indices = chosen[start..<min(start + batch, shard.upperBound)]
+            labels.withUnsafeMutableBufferPointer { train.gatherBatch(indices, pixels: images.pointer, labels: $0.baseAddress!) }
+            _ = model.forward(FeatureMap(data: images.pointer, channels: train.channels, batch: indices.count,
+                                         height: train.height, width: train.width), training: training)
         }
     }
 

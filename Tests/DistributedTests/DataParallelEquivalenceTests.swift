@@ -97,7 +97,7 @@ final class DataParallelEquivalenceTests: XCTestCase {
         let one = try calibrated("calibrate-1-rank", ranks: 1)
         let four = try calibrated("calibrate-4-ranks", ranks: 4)
         let quantizers = one.tensors.filter { $0.name.contains("_quantizer.") }
-        XCTAssertEqual(quantizers.count, 3 * 22)  // 22 conv and linear layers
+        XCTAssertEqual(quantizers.count, 4 * 22)  // step and zero point of weights and input, 22 layers
         for tensor in quantizers {
             XCTAssertEqual(four[tensor.name]?.bytes, tensor.bytes, "\(tensor.name) differs between 1 and 4 ranks")
         }

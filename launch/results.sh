@@ -6,8 +6,9 @@
 # 1. The default job, `mpirun -n 8 efqat-train`, timed from launch to exit
 #    (its FP32 model is then reused by the PTQ runs).
 # 2. PTQ without training at W8A8, W4A4, W3A3 and W2A4: min-max and L_p
-#    calibration, block reconstruction (Genie-M), and MixQuant (budget rule
-#    at the same mean bits) with each.
+#    calibration (with and without batch-norm re-estimation), block
+#    reconstruction (Genie-M), and MixQuant (budget rule at the same mean
+#    bits) with each.
 # --quick runs a 2-rank default job with fewer FP32 epochs (for trying the
 # script out; its figures are not the documented ones).
 set -euo pipefail
@@ -45,6 +46,7 @@ ptq() {  # name, then efqat-train options
 }
 for bits in 8:8 4:4 3:3 2:4; do
     w=${bits%:*} a=${bits#*:}
+    ptq "W${w}A${a}-minmax-stale-bn" --weight-bits "$w" --activation-bits "$a" --no-bn-reestimate
     ptq "W${w}A${a}-minmax" --weight-bits "$w" --activation-bits "$a"
     ptq "W${w}A${a}-lp" --weight-bits "$w" --activation-bits "$a" --weight-calibration lp --activation-calibration lp
     ptq "W${w}A${a}-mixquant-minmax" --weight-bits "$w" --activation-bits "$a" --mixquant "budget:$w"

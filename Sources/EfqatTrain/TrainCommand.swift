@@ -104,7 +104,8 @@ struct TrainCommand: RankCommand {
     var percentile = 99.99
 
     @Flag(inversion: .prefixedNo,
-          help: "After calibration, re-estimate batch-norm running statistics on the quantized model.")
+          help: ArgumentHelp("After calibration, re-estimate batch-norm running statistics on the quantized model "
+                + "(not with --reconstruct, which corrects the blocks' outputs itself)."))
     var bnReestimate = true
 
     @Flag(help: "After calibration, reconstruct rounding and steps block by block (Genie-M / BRECQ with QDrop).")

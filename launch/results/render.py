@@ -45,9 +45,9 @@ print("## PTQ without training\n")
 print("The FP32 model of the default job, quantized and evaluated with no training. "
       "Weights per channel (symmetric), activations per tensor; first layer W8 with a float input, "
       "last layer W8A8 (the reference recipe). MixQuant uses the budget rule at the target's mean bits, "
-      "so the model has the size of the uniform one. Every row but the first re-estimates the batch-norm "
-      "running statistics on the quantized model (512 calibration images, the default); the first row keeps "
-      "the FP32 statistics. Reconstruction: 256 calibration images, 400 iterations "
+      "so the model has the size of the uniform one. The rows without reconstruction re-estimate the batch-norm "
+      "running statistics on the quantized model (512 calibration images, the default) except the first, which "
+      "keeps the FP32 statistics; reconstruction keeps them too and corrects the blocks' outputs instead. Reconstruction: 256 calibration images, 400 iterations "
       "per block, batch 32 (`--reconstruct` defaults). Time is the whole single-process run "
       "(load, calibrate, reconstruct, evaluate).\n")
 fp32 = default["FP32"]["accuracy"]

@@ -34,7 +34,7 @@ struct Bench: ParsableCommand {
             }
             rows.append(measure(label: "QAT " + String(text), policy: QuantizationPolicy(weightBits: bits.weight, activationBits: a)))
         }
-        print(table(header: ["step", "images/s", "forward ms", "backward ms", "update ms"], rows: rows))
+        print(renderTable(header: ["step", "images/s", "forward ms", "backward ms", "update ms"], rows: rows))
     }
 
     /// Times forward, backward and the SGD update of full training steps.
@@ -95,14 +95,6 @@ struct Bench: ParsableCommand {
             lines.append(String(format: "sgemm %dx%dx%d: %.1f GFLOP/s", m, n, k, 2 * Double(m * n * k) * Double(reps) / seconds / 1e9))
         }
         return lines.joined(separator: "\n")
-    }
-
-    func table(header: [String], rows: [[String]]) -> String {
-        let widths = header.indices.map { c in ([header] + rows).map { $0[c].count }.max()! }
-        let render = { (cells: [String]) in
-            cells.enumerated().map { c, t in String(repeating: " ", count: widths[c] - t.count) + t }.joined(separator: "  ")
-        }
-        return ([render(header)] + rows.map(render)).joined(separator: "\n")
     }
 }
 

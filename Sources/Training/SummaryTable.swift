@@ -12,15 +12,7 @@ public struct SummaryTable {
              r.samplesPerSecond > 0 ? String(format: "%.0f", r.samplesPerSecond) : "-",
              Self.bytes(r.bytesReduced)]
         }
-        let widths = header.indices.map { c in ([header] + body).map { $0[c].count }.max()! }
-        func line(_ cells: [String]) -> String {
-            cells.enumerated().map { c, text in
-                c == 0 ? text.padding(toLength: widths[c], withPad: " ", startingAt: 0)
-                       : String(repeating: " ", count: widths[c] - text.count) + text
-            }.joined(separator: "  ")
-        }
-        let rule = widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ")
-        return ([line(header), rule] + body.map(line)).joined(separator: "\n")
+        return renderTable(header: header, rows: body)
     }
 
     static func bytes(_ n: Int) -> String {
@@ -29,4 +21,18 @@ public struct SummaryTable {
         if n >= 1 << 20 { return String(format: "%.1f MiB", Double(n) / Double(1 << 20)) }
         return String(format: "%.1f KiB", Double(n) / 1024)
     }
+}
+
+/// A plain-text table: the first column left-aligned, the others
+/// right-aligned, a rule under the header.
+public func renderTable(header: [String], rows: [[String]]) -> String {
+    let widths = header.indices.map { c in ([header] + rows).map { $0[c].count }.max()! }
+    func line(_ cells: [String]) -> String {
+        cells.enumerated().map { c, text in
+            c == 0 ? text.padding(toLength: widths[c], withPad: " ", startingAt: 0)
+                   : String(repeating: " ", count: widths[c] - text.count) + text
+        }.joined(separator: "  ")
+    }
+    let rule = widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ")
+    return ([line(header), rule] + rows.map(line)).joined(separator: "\n")
 }

@@ -5,6 +5,7 @@ import PackageDescription
 ///
 ///   CMPI ─► Distributed ─┐
 ///   COpenBLAS ─► Kernels ─► Layers ─► Quantization ─► Training ─► efqat-train
+///                                  └──► EfQAT ─────────┤
 ///   Data, Checkpoint ───────────────────────────────┘
 let package = Package(
     name: "efqat-train",
@@ -28,17 +29,18 @@ let package = Package(
         .target(name: "Layers", dependencies: ["Kernels"]),
         .target(name: "Quantization", dependencies: ["Kernels", "Layers", "Distributed"]),
         .target(name: "Distributed", dependencies: ["CMPI"]),
+        .target(name: "EfQAT", dependencies: ["Kernels", "Layers", "Distributed"]),
         .target(name: "Checkpoint"),
         .target(name: "Data", dependencies: ["Kernels"]),
         .target(name: "Training", dependencies: [
-            "Kernels", "Layers", "Quantization", "Distributed", "Checkpoint", "Data",
+            "Kernels", "Layers", "Quantization", "EfQAT", "Distributed", "Checkpoint", "Data",
         ]),
         .executableTarget(name: "EfqatTrain", dependencies: [
-            "Training",
+            "Training", "EfQAT",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "EfqatBench", dependencies: [
-            "Training", "Distributed",
+            "Training", "EfQAT", "Distributed", "Checkpoint", "Quantization", "Kernels", "Layers",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -46,7 +48,7 @@ let package = Package(
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
         .testTarget(name: "DistributedTests", dependencies: ["Checkpoint"]),
         .testTarget(name: "TrainingTests", dependencies: [
-            "Checkpoint", "Data", "Distributed", "Kernels", "Layers", "Quantization", "Training",
+            "Checkpoint", "Data", "Distributed", "EfQAT", "Kernels", "Layers", "Quantization", "Training",
         ]),
         .testTarget(name: "LayersTests", dependencies: ["Kernels", "Layers"]),
         .testTarget(name: "QuantizationTests", dependencies: ["Kernels", "Layers", "Quantization", "Distributed"]),

@@ -1,17 +1,20 @@
 import ArgumentParser
+import Checkpoint
 import Distributed
+import EfQAT
 import Foundation
 import Kernels
 import Layers
 import Quantization
 import Training
 
-/// Throughput of one training step of ResNet-20 on 1x28x28 images, FP32
-/// and fake-quantized, on one thread, next to OpenBLAS's own GEMM speed.
+/// Throughput of one training step of ResNet-20 on 1x28x28 images: FP32,
+/// full QAT and EfQAT at several fractions, timed side by side (one step of
+/// each configuration per round), next to OpenBLAS's own GEMM speed.
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "efqat-bench",
-        abstract: "Measure training-step throughput (images/s) of ResNet-20 and OpenBLAS sgemm GFLOP/s.")
+        abstract: "Measure training-step time of ResNet-20 (FP32, full QAT, EfQAT) and OpenBLAS sgemm GFLOP/s.")
 
     @Option(help: "Images per step.")
     var batch = 128
@@ -19,64 +22,136 @@ struct Bench: ParsableCommand {
     var steps = 10
     @Option(help: "OpenBLAS threads.")
     var threads = 1
-    @Option(help: "Quantized configurations to time, as W<bits>A<bits>, comma-separated.")
+    @Option(help: "Full-QAT configurations to time, as W<bits>A<bits>, comma-separated.")
     var quantized = "W4A4"
+    @Option(help: "EfQAT fractions p to time at the first --quantized configuration, comma-separated (empty: none).")
+    var efqatFractions = "0,0.05,0.1,0.25,1"
+    @Option(help: "EfQAT selection mode: cwpn, cwpl or lwpn.")
+    var efqatMode: SelectionMode = .cwpn
+    @Option(help: ArgumentHelp("Start from these FP32 weights (a fp32.safetensors of a run) instead of the random "
+                               + "initialisation; EfQAT's selection, and so its cost, depends on the weights.",
+                               valueName: "path"))
+    var weights: String?
+
+    /// One timed configuration: its model, what it trains, and its times.
+    final class Configuration {
+        let label: String
+        let model: ResNet
+        let optimizer: SGD
+        let spans: [TrainedSpan]
+        let floatsPerStep: Int
+        let trainedFraction: Double
+        var times = [0.0, 0.0, 0.0]
+
+        init(label: String, model: ResNet, channels: CriticalChannels?) {
+            self.label = label
+            self.model = model
+            optimizer = SGD(layout: model.store.parameterLayout, momentum: 0.9, weightDecay: 5e-4)
+            if let channels {
+                channels.prepare(step: 0, stepInEpoch: 0, communicator: SingleProcessCommunicator())
+                spans = channels.spans
+                trainedFraction = channels.trainedWeightFraction
+            } else {
+                spans = model.store.allTrainedSpans
+                trainedFraction = 1
+            }
+            floatsPerStep = GradientReducer(spans: spans, norms: model.batchNorms, extras: 2).packedCount
+        }
+    }
 
     func run() throws {
         setBLASThreads(threads)
-        print("efqat-bench: ResNet-20, batch \(batch), 1x28x28, \(threads) thread(s), \(steps) timed steps")
+        print("efqat-bench: ResNet-20, batch \(batch), 1x28x28, \(threads) thread(s), \(steps) timed steps, "
+              + "weights: \(weights ?? "random initialisation")")
         print(gemmReport())
-        var rows: [[String]] = []
-        rows.append(measure(label: "FP32", policy: nil))
+        let images = FloatBuffer(capacity: batch * 784)
+        var rng = SplitMix64(seed: 2)
+        for i in 0..<(batch * 784) { images.pointer[i] = rng.nextNormal() }
+        let x = FeatureMap(data: images.pointer, channels: 1, batch: batch, height: 28, width: 28)
+
+        var configurations = [Configuration(label: "FP32", model: try model(), channels: nil)]
+        var firstPolicy: (String, QuantizationPolicy)?
         for text in quantized.split(separator: ",") {
             guard let bits = QuantizationPolicy.parseBits(String(text)), let a = bits.activation else {
                 throw ValidationError("--quantized: cannot read '\(text)'")
             }
-            rows.append(measure(label: "QAT " + String(text), policy: QuantizationPolicy(weightBits: bits.weight, activationBits: a)))
+            let policy = QuantizationPolicy(weightBits: bits.weight, activationBits: a)
+            firstPolicy = firstPolicy ?? (String(text), policy)
+            configurations.append(Configuration(label: "QAT \(text)", model: try model(policy, x), channels: nil))
         }
-        print(renderTable(header: ["step", "images/s", "forward ms", "backward ms", "update ms"], rows: rows))
+        for text in efqatFractions.split(separator: ",") {
+            guard let p = Double(text), (0...1).contains(p) else { throw ValidationError("--efqat-fractions: cannot read '\(text)'") }
+            guard let (name, policy) = firstPolicy else { throw ValidationError("--efqat-fractions needs a --quantized configuration") }
+            let m = try model(policy, x)
+            let channels = CriticalChannels(layers: m.layers, store: m.store,
+                                            options: EfqatOptions(mode: efqatMode, fraction: p, refresh: .never))
+            configurations.append(Configuration(label: "EfQAT \(name) \(efqatMode.rawValue) p=\(text)", model: m, channels: channels))
+        }
+
+        // Round-robin: one step of every configuration per round, so drift
+        // in machine speed hits all of them alike.
+        let labels = (0..<batch).map { Int32($0 % 10) }
+        let dLogits = FloatBuffer(capacity: 10 * batch)
+        for round in 0..<(steps + 2) {
+            for c in configurations {
+                let t = step(c, x, labels, dLogits)
+                if round >= 2 { for i in 0..<3 { c.times[i] += t[i] } }
+            }
+        }
+
+        let reference = configurations.first { $0.label == "QAT \(firstPolicy?.0 ?? "")" }
+        let rows = configurations.map { c -> [String] in
+            let total = c.times.reduce(0, +)
+            let perStep = c.times.map { String(format: "%.1f", $0 / Double(steps) * 1000) }
+            let ratios = reference.map { r in
+                [String(format: "%.2fx", r.times[1] / c.times[1]), String(format: "%.2fx", r.times.reduce(0, +) / total),
+                 String(format: "%.1f%%", 100 * Double(c.floatsPerStep) / Double(r.floatsPerStep))]
+            } ?? ["-", "-", "-"]
+            return [c.label, String(format: "%.1f%%", c.trainedFraction * 100), String(format: "%.0f", Double(batch * steps) / total)]
+                + perStep + ratios
+        }
+        print(renderTable(header: ["step", "trained", "images/s", "forward ms", "backward ms", "update ms",
+                                   "backward speed-up", "step speed-up", "all-reduce bytes"], rows: rows))
+        if let reference {
+            print("speed-ups and all-reduce bytes are against \(reference.label) (full QAT), "
+                  + String(format: "whose all-reduce is %d floats per step", reference.floatsPerStep))
+        }
     }
 
-    /// Times forward, backward and the SGD update of full training steps.
-    func measure(label: String, policy: QuantizationPolicy?) -> [String] {
+    /// ResNet-20 with --weights or a seeded initialisation; quantized and
+    /// calibrated on the bench batch when a policy is given.
+    func model(_ policy: QuantizationPolicy? = nil, _ x: FeatureMap? = nil) throws -> ResNet {
         let model = ResNet(.resnet20())
         model.initialize(seed: 1)
-        let images = FloatBuffer(capacity: batch * 784)
-        var rng = SplitMix64(seed: 2)
-        for i in 0..<(batch * 784) { images.pointer[i] = rng.nextNormal() }
-        let labels = (0..<batch).map { Int32($0 % 10) }
-        let x = FeatureMap(data: images.pointer, channels: 1, batch: batch, height: 28, width: 28)
-        if let policy {
+        if let weights {
+            try ModelCheckpoint.restore(try SafeTensorsFile.read(from: weights), path: weights, into: model,
+                                        requireQuantizers: false, optimizer: nil)
+        }
+        if let policy, let x {
             policy.apply(to: model)
             calibrate(model, communicator: SingleProcessCommunicator()) { _ = model.forward(x, training: false) }
         }
-        let sgd = SGD(layout: model.store.parameterLayout, momentum: 0.9, weightDecay: 5e-4)
-        let spans = model.store.allTrainedSpans
-        let dLogits = FloatBuffer(capacity: 10 * batch)
-        var times = [0.0, 0.0, 0.0]
-        for step in 0..<(steps + 2) {
-            let t0 = DispatchTime.now().uptimeNanoseconds
-            let logits = model.forward(x, training: true)
-            _ = labels.withUnsafeBufferPointer {
-                softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, gradient: dLogits.pointer,
-                                    gradientScale: 1 / Float(batch))
-            }
-            let t1 = DispatchTime.now().uptimeNanoseconds
-            model.store.gradients.zero()
-            model.backward(FeatureMap(data: dLogits.pointer, channels: 10, batch: batch, height: 1, width: 1))
-            let t2 = DispatchTime.now().uptimeNanoseconds
-            sgd.step(parameters: model.store.parameters, gradients: model.store.gradients, spans: spans, learningRate: 0.01)
-            model.commitRunningStatistics()
-            let t3 = DispatchTime.now().uptimeNanoseconds
-            if step >= 2 {
-                times[0] += Double(t1 - t0) / 1e9
-                times[1] += Double(t2 - t1) / 1e9
-                times[2] += Double(t3 - t2) / 1e9
-            }
+        return model
+    }
+
+    /// One training step; returns forward (with the loss), backward and
+    /// update seconds.
+    func step(_ c: Configuration, _ x: FeatureMap, _ labels: [Int32], _ dLogits: FloatBuffer) -> [Double] {
+        let model = c.model
+        let t0 = monotonicSeconds()
+        let logits = model.forward(x, training: true)
+        _ = labels.withUnsafeBufferPointer {
+            softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, gradient: dLogits.pointer,
+                                gradientScale: 1 / Float(batch))
         }
-        let total = times.reduce(0, +)
-        let perStep = times.map { String(format: "%.1f", $0 / Double(steps) * 1000) }
-        return [label, String(format: "%.0f", Double(batch * steps) / total)] + perStep
+        let t1 = monotonicSeconds()
+        model.store.gradients.zero()
+        model.backward(FeatureMap(data: dLogits.pointer, channels: 10, batch: batch, height: 1, width: 1))
+        let t2 = monotonicSeconds()
+        c.optimizer.step(parameters: model.store.parameters, gradients: model.store.gradients, spans: c.spans,
+                         learningRate: 0.01)
+        model.commitRunningStatistics()
+        return [t1 - t0, t2 - t1, monotonicSeconds() - t2]
     }
 
     /// sgemm GFLOP/s on a square problem and on the shape of ResNet-20's
@@ -89,13 +164,15 @@ struct Bench: ParsableCommand {
             for i in 0..<(k * n) { b.pointer[i] = Float(i % 5) * 0.1 }
             sgemm(m: m, n: n, k: k, a.pointer, lda: k, b.pointer, ldb: n, c.pointer, ldc: n)
             let reps = 5
-            let t0 = DispatchTime.now().uptimeNanoseconds
+            let t0 = monotonicSeconds()
             for _ in 0..<reps { sgemm(m: m, n: n, k: k, a.pointer, lda: k, b.pointer, ldb: n, c.pointer, ldc: n) }
-            let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            let seconds = monotonicSeconds() - t0
             lines.append(String(format: "sgemm %dx%dx%d: %.1f GFLOP/s", m, n, k, 2 * Double(m * n * k) * Double(reps) / seconds / 1e9))
         }
         return lines.joined(separator: "\n")
     }
 }
+
+extension SelectionMode: ExpressibleByArgument {}
 
 Bench.main()

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Data
 import Distributed
+import EfQAT
 import Foundation
 import Layers
 import Quantization
@@ -12,8 +13,8 @@ import Training
 struct TrainCommand: RankCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract: "The default job: FP32 training (or reuse), PTQ calibration, then quantization-aware "
-            + "training, data-parallel over MPI.",
+        abstract: "The default job: FP32 training (or reuse), PTQ calibration, then EfQAT (quantization-aware "
+            + "training of the most critical channels), data-parallel over MPI.",
         discussion: """
         Run it alone for one process, or under mpirun or srun for data parallelism; launch/run.sh \
         runs `mpirun -n 8` with oversubscription, one OpenBLAS thread per rank and yielding waits.
@@ -126,6 +127,27 @@ struct TrainCommand: RankCommand {
     @Flag(inversion: .prefixedNo, help: "QDrop during --reconstruct: mix float and quantized block inputs 50/50.")
     var qdrop = true
 
+    @Option(help: ArgumentHelp(
+        "EfQAT: how channels are ranked by mean |w|: cwpn (all output channels of the network in one ranking), "
+            + "cwpl (the top fraction of every layer's channels) or lwpn (whole layers).", valueName: "mode"))
+    var efqatMode: SelectionMode = .cwpn
+
+    @Option(help: ArgumentHelp(
+        "EfQAT: fraction p of the conv/linear weights trained during QAT, 0 to 1. The rest are frozen (no weight "
+            + "gradient, no all-reduce, no update). Activation steps, biases and batch-norm parameters always train. "
+            + "1 is full QAT.", valueName: "p"))
+    var efqatFraction = 0.1
+
+    @Option(help: ArgumentHelp("EfQAT: re-rank the channels from the current weights: 'epoch' (at every epoch start), "
+                               + "a number of steps, or 'never' (only before the first step).", valueName: "when"),
+            transform: { text in
+                guard let interval = RefreshInterval(parsing: text) else {
+                    throw ValidationError("--efqat-refresh: expected 'epoch', 'never' or a positive step count, got '\(text)'")
+                }
+                return interval
+            })
+    var efqatRefresh: RefreshInterval = .epoch
+
     @Option(help: "Train on a seeded random subset of this many training samples (default: all).")
     var trainSamples: Int?
 
@@ -166,6 +188,7 @@ struct TrainCommand: RankCommand {
         for (name, value) in [("--lr", lr), ("--qat-lr", qatLr)] where !(value > 0 && value.isFinite) {
             throw ValidationError("\(name) must be a positive number, got \(value)")
         }
+        if !(0...1).contains(efqatFraction) { throw ValidationError("--efqat-fraction must be between 0 and 1, got \(efqatFraction)") }
         if !(percentile > 50 && percentile <= 100) { throw ValidationError("--percentile must be in (50, 100], got \(percentile)") }
         if reconstruct && weightScheme == .asymmetric {
             throw ValidationError("--reconstruct (AdaRound) supports --weight-scheme symmetric only")
@@ -241,6 +264,7 @@ struct TrainCommand: RankCommand {
             if let problem = reconstruction.problem { throw ValidationError(problem) }
             options.reconstruction = reconstruction
         }
+        options.efqat = EfqatOptions(mode: efqatMode, fraction: efqatFraction, refresh: efqatRefresh)
         options.mixQuant = mixQuant.map { MixQuantOptions(rule: $0) }
         options.resume = resume
         options.retrainFP32 = retrainFP32
@@ -261,3 +285,4 @@ extension DatasetFormat: ExpressibleByArgument {}
 extension RangeEstimator: ExpressibleByArgument {}
 extension QuantScheme: ExpressibleByArgument {}
 extension LearningRateSchedule: ExpressibleByArgument {}
+extension SelectionMode: ExpressibleByArgument {}

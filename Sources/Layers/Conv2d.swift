@@ -135,6 +135,21 @@ public final class Conv2d {
         return y
     }
 
+    /// The rows of dY whose weight gradient is wanted, [|S|, columns]:
+    /// dY itself when they are one run, else a gathered copy.
+    private func selectedOutputGradient(_ dy: FeatureMap, columns: Int) -> UnsafePointer<Float> {
+        if gradientRows.count == 1, let run = gradientRows.first {
+            return UnsafePointer(dy.data + run.lowerBound * columns)
+        }
+        let selected = workspace.selectedOutputGradient.reserve(gradientRows.reduce(0) { $0 + $1.count } * columns)
+        var next = selected
+        for run in gradientRows {
+            next.update(from: dy.data + run.lowerBound * columns, count: run.count * columns)
+            next += run.count * columns
+        }
+        return UnsafePointer(selected)
+    }
+
     /// Adds this layer's parameter gradients into the store's gradient arena
     /// and returns dL/dx (undefined when `needsInputGradient` is false).
     public func backward(_ dy: FeatureMap) -> FeatureMap {
@@ -149,18 +164,14 @@ public final class Conv2d {
         let w = effectiveWeight()
         let xq: UnsafePointer<Float> = inputQuantizer.enabled ? UnsafePointer(quantizedInput.pointer) : UnsafePointer(x.data)
 
-        // dW_q goes straight into the gradient arena, or through scratch
-        // when the quantizer must turn it into dW and step gradients.
-        let quantized = weightQuantizer.enabled
-        let dwTarget: UnsafeMutablePointer<Float>
-        if quantized {
-            dwTarget = workspace.weightGradient.reserve(weight.count)
-            for run in gradientRows {
-                (dwTarget + run.lowerBound * K).update(repeating: 0, count: run.count * K)
-            }
-        } else {
-            dwTarget = grads.pointer(weight)
-        }
+        // dW_q of the selected rows S only, compact: row j of `dwSelected`
+        // belongs to the j-th selected row. The selected rows of dY are
+        // gathered once, so every chunk runs one GEMM with |S| rows however
+        // scattered S is; the quantizer (or a plain add) scatters the result.
+        let selectedRows = gradientRows.reduce(0) { $0 + $1.count }
+        let dySelected = selectedOutputGradient(dy, columns: columns)
+        let dwSelected = workspace.weightGradient.reserve(selectedRows * K)
+        dwSelected.update(repeating: 0, count: selectedRows * K)
 
         let dx = FeatureMap(data: inputGradient.reserve(x.count), channels: inChannels, batch: n,
                             height: x.height, width: x.width)
@@ -168,11 +179,8 @@ public final class Conv2d {
         // input needs it even where nothing upstream does.
         let needsDx = needsInputGradient || inputQuantizer.enabled
         if g.isPointwise {
-            for run in gradientRows {
-                sgemm(transposeB: true, m: run.count, n: K, k: columns,
-                      dy.data + run.lowerBound * columns, lda: columns, xq, ldb: columns,
-                      beta: 1, dwTarget + run.lowerBound * K, ldc: K)
-            }
+            sgemm(transposeB: true, m: selectedRows, n: K, k: columns, dySelected, lda: columns, xq, ldb: columns,
+                  dwSelected, ldc: K)
             if needsDx {
                 sgemm(transposeA: true, m: inChannels, n: columns, k: outChannels, w, lda: K,
                       dy.data, ldb: columns, dx.data, ldc: columns)
@@ -184,29 +192,29 @@ public final class Conv2d {
             for first in Swift.stride(from: 0, to: n, by: step) {
                 let images = first..<min(n, first + step)
                 let chunkColumns = images.count * g.outPixels
-                let dyChunk = dy.data + first * g.outPixels
-                if !gradientRows.isEmpty {
+                let offset = first * g.outPixels
+                if selectedRows > 0 {
                     im2col(g, input: xq, batch: n, images: images, col: col)
-                    for run in gradientRows {
-                        sgemm(transposeB: true, m: run.count, n: K, k: chunkColumns,
-                              dyChunk + run.lowerBound * columns, lda: columns, col, ldb: chunkColumns,
-                              beta: 1, dwTarget + run.lowerBound * K, ldc: K)
-                    }
+                    sgemm(transposeB: true, m: selectedRows, n: K, k: chunkColumns,
+                          dySelected + offset, lda: columns, col, ldb: chunkColumns,
+                          beta: 1, dwSelected, ldc: K)
                 }
                 if needsDx {
                     sgemm(transposeA: true, m: K, n: chunkColumns, k: outChannels, w, lda: K,
-                          dyChunk, ldb: columns, col, ldc: chunkColumns)
+                          dy.data + offset, ldb: columns, col, ldc: chunkColumns)
                     col2im(g, col: col, batch: n, images: images, inputGradient: dx.data)
                 }
             }
         }
 
-        if quantized {
+        if weightQuantizer.enabled {
             weightQuantizer.backward(wRaw, rows: gradientRows, rowLength: K,
                                      steps: params.pointer(weightQuantizer.step),
-                                     zeroPoints: store.state.pointer(weightQuantizer.zeroPoint), scratch: dwTarget,
-                                     weightGradient: grads.pointer(weight),
+                                     zeroPoints: store.state.pointer(weightQuantizer.zeroPoint),
+                                     selectedGradient: dwSelected, weightGradient: grads.pointer(weight),
                                      stepGradient: grads.pointer(weightQuantizer.step))
+        } else {
+            addRows(dwSelected, rows: gradientRows, rowLength: K, into: grads.pointer(weight))
         }
         if let bias {
             let db = grads[bias]
@@ -221,5 +229,17 @@ public final class Conv2d {
             grads[inputQuantizer.step][0] += inputQuantizer.grid.lsqGradientScale(elements: perSample) * ds
         }
         return dx
+    }
+}
+
+/// Adds compact rows (row j belongs to the j-th row of `rows`) into their
+/// places in a [rows, rowLength] gradient.
+func addRows(_ compact: UnsafePointer<Float>, rows: [Range<Int>], rowLength: Int,
+             into gradient: UnsafeMutablePointer<Float>) {
+    var source = compact
+    for run in rows {
+        let target = gradient + run.lowerBound * rowLength
+        for i in 0..<(run.count * rowLength) { target[i] += source[i] }
+        source += run.count * rowLength
     }
 }

@@ -62,27 +62,29 @@ public final class WeightQuantizer {
         }
     }
 
-    /// Turns dL/dW_q of the given rows (in `scratch`) into dL/dW, added to
-    /// `weightGradient`, and the LSQ step gradients, added to `stepGradient`.
+    /// Turns dL/dW_q of the selected rows into dL/dW, added to
+    /// `weightGradient`, and LSQ step gradients, added to `stepGradient`.
+    /// `selectedGradient` is compact: its row j is the j-th row of `rows`.
     func backward(_ weight: UnsafePointer<Float>, rows: [Range<Int>], rowLength: Int,
-                  steps: UnsafePointer<Float>, zeroPoints: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>,
+                  steps: UnsafePointer<Float>, zeroPoints: UnsafePointer<Float>,
+                  selectedGradient: UnsafeMutablePointer<Float>,
                   weightGradient: UnsafeMutablePointer<Float>, stepGradient: UnsafeMutablePointer<Float>) {
         if let softRounding {
             softRounding.backward(rows: rows, rowLength: rowLength, steps: steps, grid: grid,
-                                  gradient: scratch, stepGradient: stepGradient)
+                                  selectedGradient: selectedGradient, stepGradient: stepGradient)
             return
         }
         let scale = grid.lsqGradientScale(elements: rowLength)
+        var g = selectedGradient
         for run in rows {
             for r in run {
-                let g = scratch + r * rowLength
                 let ds = fakeQuantizeBackward(weight + r * rowLength, gradient: g, count: rowLength,
                                               step: steps[r], zeroPoint: zeroPoints[r], grid: grid)
                 stepGradient[r] += scale * ds
-                let dw = weightGradient + r * rowLength
-                for i in 0..<rowLength { dw[i] += g[i] }
+                g += rowLength
             }
         }
+        addRows(selectedGradient, rows: rows, rowLength: rowLength, into: weightGradient)
     }
 }
 
@@ -165,20 +167,24 @@ public struct SoftRounding {
         }
     }
 
+    /// `selectedGradient` is compact: its row j is the j-th row of `rows`.
     func backward(rows: [Range<Int>], rowLength: Int, steps: UnsafePointer<Float>, grid: QuantGrid,
-                  gradient g: UnsafePointer<Float>, stepGradient: UnsafeMutablePointer<Float>) {
+                  selectedGradient: UnsafePointer<Float>, stepGradient: UnsafeMutablePointer<Float>) {
+        var g = selectedGradient
         for run in rows {
             for r in run {
                 let s = steps[r]
                 var ds: Double = 0
-                for i in (r * rowLength)..<((r + 1) * rowLength) {
+                for j in 0..<rowLength {
+                    let i = r * rowLength + j
                     let v = logits[i]
                     let t = base[i] + Self.rectifiedSigmoid(v)
                     let c = min(max(t, grid.qmin), grid.qmax)
-                    ds += Double(g[i]) * Double(c)
-                    if c == t { logitGradient[i] += g[i] * s * Self.rectifiedSigmoidDerivative(v) }
+                    ds += Double(g[j]) * Double(c)
+                    if c == t { logitGradient[i] += g[j] * s * Self.rectifiedSigmoidDerivative(v) }
                 }
                 stepGradient[r] += Float(ds)
+                g += rowLength
             }
         }
     }

@@ -4,7 +4,10 @@ import Kernels
 /// inside one forward or backward call, so one buffer serves them all.
 public final class Workspace {
     public let patches = FloatBuffer()
+    /// dW of a conv's selected rows, compact.
     public let weightGradient = FloatBuffer()
+    /// The selected rows of a conv's dY, gathered (EfQAT).
+    public let selectedOutputGradient = FloatBuffer()
 
     /// Patch-matrix elements per chunk of images. Convolutions im2col a few
     /// images at a time so the patch matrix stays in cache while the GEMM

@@ -7,11 +7,14 @@ import Layers
 /// batch-norm statistics of every micro-batch, and a few scalars (loss,
 /// correct count) for the log. Frozen parameters are not sent at all.
 public final class GradientReducer {
-    public let spans: [TrainedSpan]
+    /// What is trained; EfQAT changes it when it re-ranks channels.
+    public var spans: [TrainedSpan] {
+        didSet { gradientCount = Self.count(spans) }
+    }
     private let norms: [BatchNorm2d]
     private let extras: Int
-    private let packed: FloatBuffer
-    private let gradientCount: Int
+    private let packed = FloatBuffer()
+    private var gradientCount: Int
     private let statisticsCount: Int
     /// Bytes this rank contributed to all-reduces so far.
     public private(set) var bytesReduced: Int = 0
@@ -20,10 +23,11 @@ public final class GradientReducer {
         self.spans = spans
         self.norms = norms
         self.extras = extras
-        gradientCount = spans.reduce(0) { $0 + $1.range.count }
+        gradientCount = Self.count(spans)
         statisticsCount = norms.reduce(0) { $0 + $1.pendingStatisticsCount }
-        packed = FloatBuffer(capacity: gradientCount + statisticsCount + extras)
     }
+
+    private static func count(_ spans: [TrainedSpan]) -> Int { spans.reduce(0) { $0 + $1.range.count } }
 
     /// Floats in one reduction.
     public var packedCount: Int { gradientCount + statisticsCount + extras }
@@ -34,7 +38,7 @@ public final class GradientReducer {
     public func reduce(gradients: Arena, scalars: inout [Float], microBatches: Int,
                        communicator: Communicator) {
         precondition(scalars.count == extras)
-        let buffer = packed.pointer
+        let buffer = packed.reserve(packedCount)
         let g = gradients.storage.pointer
         var offset = 0
         for span in spans {

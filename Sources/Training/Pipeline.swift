@@ -1,6 +1,7 @@
 import Checkpoint
 import Data
 import Distributed
+import EfQAT
 import Foundation
 import Kernels
 import Layers
@@ -24,6 +25,8 @@ public struct PipelineOptions: Sendable {
     /// Re-estimate batch-norm running statistics on the quantized model
     /// after calibration, before reconstruction.
     public var reestimateBatchNorm = true
+    /// EfQAT during QAT: which channels train (p = 1 trains everything).
+    public var efqat = EfqatOptions()
     /// Block reconstruction (Genie-M / BRECQ) after calibration; nil: off.
     public var reconstruction: ReconstructionOptions?
     /// A checkpoint to continue from: a path, or "auto" for the run's own.
@@ -50,10 +53,12 @@ public struct PipelineOptions: Sendable {
 /// One row of the summary table.
 public struct StageResult: Sendable {
     public var name: String
-    public var accuracy: Double
-    public var seconds: Double
-    public var samplesPerSecond: Double
-    public var bytesReduced: Int
+    public var accuracy: Double = .nan
+    public var seconds: Double = 0
+    /// What training measured, for the stages that train.
+    public var training: PhaseReport?
+
+    public init(name: String) { self.name = name }
 }
 
 /// The default job: pre-train (or reuse) the FP32 model, calibrate fake
@@ -106,7 +111,7 @@ public final class Pipeline {
         }
 
         // 1. FP32 model.
-        var fp32Stage = StageResult(name: "FP32", accuracy: 0, seconds: 0, samplesPerSecond: 0, bytesReduced: 0)
+        var fp32Stage = StageResult(name: "FP32")
         if resumePhase == "qat", let resumed {
             fp32Stage.name = "FP32 (earlier run)"
             fp32Stage.accuracy = Double(resumed.metadata["efqat.fp32_accuracy"] ?? "") ?? .nan
@@ -125,8 +130,7 @@ public final class Pipeline {
                 try self.saveRunCheckpoint(model: model, trainer: t, phase: "fp32", extra: [:])
             }
             fp32Stage.seconds = report.seconds
-            fp32Stage.samplesPerSecond = report.samplesPerSecond
-            fp32Stage.bytesReduced = report.bytesReduced
+            fp32Stage.training = report
             fp32Stage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
             try rootWrites {
                 let tensors = ModelCheckpoint.tensors(of: model, includeQuantizers: false, optimizer: nil)
@@ -157,10 +161,13 @@ public final class Pipeline {
             bitsLabel = String(format: "MixQuant W%.2fA%d", search.meanBits, policy.activationBits)
         }
         policy.apply(to: model)
-        var ptqStage = StageResult(name: "PTQ \(bitsLabel)", accuracy: 0, seconds: 0, samplesPerSecond: 0, bytesReduced: 0)
-        let qatTrainer = try Trainer(model: model, data: train, options: options.qat, communicator: communicator, log: log)
+        var ptqStage = StageResult(name: "PTQ \(bitsLabel)")
+        let channels = CriticalChannels(layers: model.layers, store: model.store, options: options.efqat)
+        let qatTrainer = try Trainer(model: model, data: train, options: options.qat, communicator: communicator, log: log,
+                                     channels: channels)
         if resumePhase == "qat", let resumed {
             try restore(resumed, into: model, trainer: qatTrainer, quantized: true)
+            try restoreSelection(resumed, into: channels)
             ptqStage.accuracy = Double(resumed.metadata["efqat.ptq_accuracy"] ?? "") ?? .nan
         } else {
             let t0 = Date()
@@ -185,7 +192,7 @@ public final class Pipeline {
                        options.calibration.activations.rawValue, options.calibrationSamples))
         log.record("eval", ["stage": "ptq", "accuracy": ptqStage.accuracy])
 
-        // 3. QAT.
+        // 3. QAT: EfQAT trains the critical channels (all of them at p = 1).
         let extra = ["efqat.fp32_accuracy": String(fp32Stage.accuracy), "efqat.ptq_accuracy": String(ptqStage.accuracy)]
         if let failure = options.injectFailure, failure.rank == communicator.rank {
             qatTrainer.afterStep = { t in
@@ -197,20 +204,31 @@ public final class Pipeline {
         let report = try qatTrainer.run(checkpointEvery: options.checkpointEvery) { t in
             try self.saveRunCheckpoint(model: model, trainer: t, phase: "qat", extra: extra)
         }
-        let qatAccuracy = evaluate(model, on: test, communicator: communicator).accuracy
-        results.append(StageResult(name: "QAT \(bitsLabel)", accuracy: qatAccuracy, seconds: report.seconds,
-                                   samplesPerSecond: report.samplesPerSecond, bytesReduced: report.bytesReduced))
-        log.record("eval", ["stage": "qat", "accuracy": qatAccuracy])
+        let backward = options.efqat.fraction < 1
+            ? BackwardProbe.compare(model, data: train, microBatch: qatTrainer.microBatchSize, seed: options.qat.seed,
+                                    communicator: communicator)
+            : nil
+        channels.release()
+        var qatStage = StageResult(name: options.efqat.fraction < 1
+                                   ? "EfQAT \(bitsLabel) \(options.efqat.mode.rawValue) p=\(options.efqat.fraction)"
+                                   : "QAT \(bitsLabel) (full)")
+        qatStage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
+        qatStage.seconds = report.seconds
+        qatStage.training = report
+        results.append(qatStage)
+        log.record("eval", ["stage": "qat", "accuracy": qatStage.accuracy])
         try rootWrites {
             let tensors = ModelCheckpoint.tensors(of: model, includeQuantizers: true, optimizer: nil)
             try SafeTensorsFile(tensors: tensors, metadata: self.metadata(model: modelJSON, phase: "qat-final", extra: extra))
                 .write(to: self.finalPath)
         }
-        let checksum = weightChecksum(model)
+        // The selection too: ranks must also agree on what they trained.
+        let checksum = weightChecksum(model, also: channels.selection.masks(channels.layers).flatMap { $0 })
         let agree = ranksAgree(on: checksum, communicator: communicator)
         log.record("weights", ["checksum": String(checksum, radix: 16), "ranks_agree": agree])
         if !agree { throw RunError.invalid("ranks ended with different weights: data-parallel training diverged") }
-        printSummary(totalSeconds: Date().timeIntervalSince(started), policy: policy, model: model)
+        printSummary(totalSeconds: Date().timeIntervalSince(started),
+                     efqat: efqatComparison(model: model, report: report, backward: backward))
         return results
     }
 
@@ -292,6 +310,11 @@ public final class Pipeline {
         trainer.resume(at: TrainingPosition(epoch: epoch, step: step))
     }
 
+    /// The channel selection a QAT checkpoint was saved with.
+    private func restoreSelection(_ file: SafeTensorsFile, into channels: CriticalChannels) throws {
+        try EfqatCheckpoint.restore(file, path: resumedPath ?? "", into: channels)
+    }
+
     private func layerBits(_ model: ResNet) -> [String: String] {
         Dictionary(uniqueKeysWithValues: model.layers.map { layer in
             (layer.name, "W\(layer.weightQuantizer.grid.bits)A" + (layer.inputQuantizer.enabled ? "\(layer.inputQuantizer.grid.bits)" : "-"))
@@ -314,8 +337,12 @@ public final class Pipeline {
             var m = self.metadata(model: Self.json(model.config), phase: phase, extra: extra)
             m["efqat.epoch"] = String(trainer.position.epoch)
             m["efqat.step"] = String(trainer.position.step)
+            var tensors = ModelCheckpoint.tensors(of: model, includeQuantizers: true, optimizer: trainer.optimizer)
             if phase == "qat" { m["efqat.bits"] = Self.json(self.layerBits(model)) }
-            let tensors = ModelCheckpoint.tensors(of: model, includeQuantizers: true, optimizer: trainer.optimizer)
+            if let channels = trainer.channels {
+                tensors += EfqatCheckpoint.tensors(of: channels)
+                m.merge(EfqatCheckpoint.metadata(of: channels)) { _, new in new }
+            }
             try SafeTensorsFile(tensors: tensors, metadata: m).write(to: self.checkpointPath)
         }
     }
@@ -359,31 +386,62 @@ public final class Pipeline {
 
     // MARK: Summary
 
-    private func printSummary(totalSeconds: Double, policy: QuantizationPolicy, model: ResNet) {
+    /// EfQAT against full QAT on this run: trained weights, backward time
+    /// (probed side by side on one micro-batch) and all-reduce size.
+    private func efqatComparison(model: ResNet, report: PhaseReport, backward: BackwardProbe?) -> String? {
+        guard let backward else { return nil }
+        let fullFloats = GradientReducer(spans: model.store.allTrainedSpans, norms: model.batchNorms, extras: 2).packedCount
+        let weights = model.layers.reduce(0) { $0 + $1.weight.count }
+        return [
+            "EfQAT (\(options.efqat)) against full QAT:",
+            String(format: "  trained weights   %.1f%% of %d", report.trainedWeightFraction * 100, weights),
+            String(format: "  backward          %.1f ms against %.1f ms per micro-batch of %d (%.2fx faster)",
+                   backward.selected * 1000, backward.full * 1000, backward.batch, backward.speedup),
+            String(format: "  all-reduced       %@ against %@ per step (%.1f%%)",
+                   SummaryTable.bytes(report.floatsPerStep * 4), SummaryTable.bytes(fullFloats * 4),
+                   100 * Double(report.floatsPerStep) / Double(fullFloats)),
+        ].joined(separator: "\n")
+    }
+
+    private func printSummary(totalSeconds: Double, efqat: String?) {
         guard communicator.isRoot else { return }
         let text = SummaryTable(rows: results).render() + "\n"
+            + (efqat.map { $0 + "\n" } ?? "")
             + String(format: "total wall time %.1f s on %d rank(s); outputs in %@", totalSeconds, communicator.size,
                      options.outputDirectory)
         log.say("")
         log.say(text)
         try? (text + "\n").write(toFile: options.outputDirectory + "/summary.txt", atomically: true, encoding: .utf8)
         log.record("summary", [
-            "stages": results.map { ["stage": $0.name, "accuracy": $0.accuracy, "seconds": $0.seconds,
-                                     "samples_per_s": $0.samplesPerSecond, "bytes_reduced": $0.bytesReduced] },
+            "stages": results.map { r -> [String: Any] in
+                var row: [String: Any] = ["stage": r.name, "accuracy": r.accuracy, "seconds": r.seconds]
+                if let t = r.training {
+                    row["samples_per_s"] = t.samplesPerSecond
+                    row["bytes_reduced"] = t.bytesReduced
+                    row["bytes_per_step"] = t.floatsPerStep * 4
+                    row["trained_weight_fraction"] = t.trainedWeightFraction
+                    row["backward_s_per_step"] = t.backwardPerStep
+                    row["forward_s"] = t.times.forward
+                    row["backward_s"] = t.times.backward
+                    row["communication_s"] = t.times.communication
+                    row["update_s"] = t.times.update
+                }
+                return row
+            },
             "total_seconds": totalSeconds, "world_size": communicator.size,
         ])
     }
 }
 
-/// A 64-bit FNV-1a hash of a model's parameters and state: equal on every
-/// rank exactly when the ranks hold bit-identical models.
-public func weightChecksum(_ model: ResNet) -> UInt64 {
+/// A 64-bit FNV-1a hash of a model's parameters and state, and of `also`:
+/// equal on every rank exactly when the ranks hold bit-identical models.
+public func weightChecksum(_ model: ResNet, also extra: [UInt8] = []) -> UInt64 {
     var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+    func mix(_ byte: UInt8) { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
     for arena in [model.store.parameters, model.store.state] {
-        UnsafeRawBufferPointer(arena.all).forEach { byte in
-            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
-        }
+        UnsafeRawBufferPointer(arena.all).forEach(mix)
     }
+    extra.forEach(mix)
     return hash
 }
 

@@ -1,23 +1,5 @@
 import Kernels
 
-/// A contiguous run of the parameter arena that a step trains.
-public struct TrainedSpan: Sendable, Equatable {
-    public var range: Range<Int>
-    public var role: TensorRole
-
-    public init(range: Range<Int>, role: TensorRole) {
-        self.range = range
-        self.role = role
-    }
-}
-
-extension ParameterStore {
-    /// Every trainable tensor in full: what plain (full) training updates.
-    public var allTrainedSpans: [TrainedSpan] {
-        parameterLayout.slots.map { TrainedSpan(range: $0.range, role: $0.role) }
-    }
-}
-
 /// SGD with momentum and decoupled-from-nothing L2 weight decay, as
 /// PyTorch's `torch.optim.SGD`: g += wd * w (weights only); v = m * v + g;
 /// w -= lr * v. It touches only the spans it is given, so frozen parameters

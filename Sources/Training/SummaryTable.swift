@@ -1,16 +1,21 @@
 import Foundation
 
-/// The table that ends a run: one row per stage.
+/// The table that ends a run: one row per stage; training stages also show
+/// how much they trained, their backward time and their all-reduce size.
 public struct SummaryTable {
     public var rows: [StageResult]
 
     public func render() -> String {
-        let header = ["stage", "test acc", "time (s)", "samples/s", "all-reduced"]
-        let body = rows.map { r in
-            [r.name, r.accuracy.isNaN ? "-" : String(format: "%.2f%%", r.accuracy * 100),
-             String(format: "%.1f", r.seconds),
-             r.samplesPerSecond > 0 ? String(format: "%.0f", r.samplesPerSecond) : "-",
-             Self.bytes(r.bytesReduced)]
+        let header = ["stage", "test acc", "time (s)", "samples/s", "trained weights", "backward/step",
+                      "all-reduced/step"]
+        let body = rows.map { r -> [String] in
+            let t = r.training
+            return [r.name, r.accuracy.isNaN ? "-" : String(format: "%.2f%%", r.accuracy * 100),
+                    String(format: "%.1f", r.seconds),
+                    t.map { String(format: "%.0f", $0.samplesPerSecond) } ?? "-",
+                    t.map { String(format: "%.1f%%", $0.trainedWeightFraction * 100) } ?? "-",
+                    t.map { String(format: "%.1f ms", $0.backwardPerStep * 1000) } ?? "-",
+                    t.map { Self.bytes($0.floatsPerStep * MemoryLayout<Float>.stride) } ?? "-"]
         }
         return renderTable(header: header, rows: body)
     }
@@ -18,7 +23,7 @@ public struct SummaryTable {
     static func bytes(_ n: Int) -> String {
         if n == 0 { return "-" }
         if n >= 1 << 30 { return String(format: "%.2f GiB", Double(n) / Double(1 << 30)) }
-        if n >= 1 << 20 { return String(format: "%.1f MiB", Double(n) / Double(1 << 20)) }
+        if n >= 1 << 20 { return String(format: "%.2f MiB", Double(n) / Double(1 << 20)) }
         return String(format: "%.1f KiB", Double(n) / 1024)
     }
 }

@@ -1,5 +1,6 @@
 import Data
 import Distributed
+import EfQAT
 import Foundation
 import Kernels
 import Layers
@@ -39,6 +40,18 @@ public struct TrainingPosition: Sendable, Equatable, Codable {
     }
 }
 
+/// Where this rank's step time goes, summed over the steps it ran.
+public struct StepTimes: Sendable {
+    /// Forward passes and the loss.
+    public var forward: Double = 0
+    /// Backward passes.
+    public var backward: Double = 0
+    /// The gradient all-reduce (including waiting for slower ranks).
+    public var communication: Double = 0
+    /// The optimizer update.
+    public var update: Double = 0
+}
+
 /// What a finished phase measured.
 public struct PhaseReport: Sendable {
     public var seconds: Double = 0
@@ -46,7 +59,14 @@ public struct PhaseReport: Sendable {
     public var bytesReduced: Int = 0
     public var steps: Int = 0
     public var lastLoss: Float = .nan
+    public var times = StepTimes()
+    /// Floats of the last step's all-reduce.
+    public var floatsPerStep = 0
+    /// Fraction of all conv/linear weights the last step trained.
+    public var trainedWeightFraction = 1.0
     public var samplesPerSecond: Double { seconds > 0 ? Double(samples) / seconds : 0 }
+    /// Mean backward time per step, seconds.
+    public var backwardPerStep: Double { steps > 0 ? times.backward / Double(steps) : 0 }
 }
 
 /// Data-parallel training of a model for one phase: every rank runs its
@@ -63,12 +83,17 @@ public final class Trainer {
     private let log: RunLog
     private let partition: BatchPartition
     private let reducer: GradientReducer
+    /// EfQAT's channel selection; nil trains everything (full QAT, FP32).
+    public let channels: CriticalChannels?
+    /// The selection generation `reducer.spans` was made from.
+    private var spansGeneration = 0
+    private var times = StepTimes()
     private let images: FloatBuffer
     private var labels: [Int32]
     private let logitGradient = FloatBuffer()
 
     public init(model: ResNet, data: Dataset, options: PhaseOptions, communicator: Communicator,
-                log: RunLog, spans: [TrainedSpan]? = nil) throws {
+                log: RunLog, channels: CriticalChannels? = nil) throws {
         self.model = model
         self.data = data
         self.options = options
@@ -81,10 +106,14 @@ public final class Trainer {
         }
         optimizer = SGD(layout: model.store.parameterLayout, momentum: options.momentum,
                         weightDecay: options.weightDecay)
-        reducer = GradientReducer(spans: spans ?? model.store.allTrainedSpans, norms: model.batchNorms, extras: 2)
+        self.channels = channels
+        reducer = GradientReducer(spans: model.store.allTrainedSpans, norms: model.batchNorms, extras: 2)
         images = FloatBuffer(capacity: partition.microBatchSize * data.sampleSize)
         labels = Array(repeating: 0, count: partition.microBatchSize)
     }
+
+    /// Images in one forward/backward pass of one rank.
+    public var microBatchSize: Int { partition.microBatchSize }
 
     public var stepsPerEpoch: Int { EpochOrder.stepsPerEpoch(sampleCount: data.count, globalBatch: options.globalBatch) }
     public var totalSteps: Int { stepsPerEpoch * options.epochs }
@@ -112,6 +141,16 @@ public final class Trainer {
             while position.epoch == epoch {
                 let globalStep = position.epoch * stepsPerEpoch + position.step
                 let lr = options.schedule.rate(step: globalStep, totalSteps: totalSteps, peak: options.learningRate)
+                if let channels {
+                    channels.prepare(step: globalStep, stepInEpoch: position.step, communicator: communicator)
+                    if channels.generation != spansGeneration {
+                        reducer.spans = channels.spans
+                        spansGeneration = channels.generation
+                        log.record("efqat_selection", ["step": globalStep, "selected_at": channels.selectedAtStep ?? 0,
+                                                       "trained_weight_fraction": channels.trainedWeightFraction,
+                                                       "floats_per_step": reducer.packedCount])
+                    }
+                }
                 let (loss, accuracy) = trainStep(order: order, step: position.step, learningRate: lr)
                 report.steps += 1
                 report.samples += options.globalBatch
@@ -135,6 +174,9 @@ public final class Trainer {
         }
         report.seconds = Date().timeIntervalSince(start)
         report.bytesReduced = reducer.bytesReduced
+        report.times = times
+        report.floatsPerStep = reducer.packedCount
+        report.trainedWeightFraction = channels?.trainedWeightFraction ?? 1
         return report
     }
 
@@ -153,20 +195,34 @@ public final class Trainer {
                 .apply(to: images.pointer, indices: indices, epoch: order.epoch, dataset: data)
             let x = FeatureMap(data: images.pointer, channels: data.channels, batch: micro,
                                height: data.height, width: data.width)
+            let t0 = monotonicSeconds()
             let logits = model.forward(x, training: true)
             let result = labels.withUnsafeBufferPointer {
                 softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!,
                                     gradient: logitGradient.reserve(logits.count), gradientScale: 1 / Float(micro))
             }
+            let t1 = monotonicSeconds()
             model.backward(FeatureMap(data: logitGradient.pointer, channels: logits.channels, batch: micro,
                                       height: 1, width: 1))
+            let t2 = monotonicSeconds()
+            times.forward += t1 - t0
+            times.backward += t2 - t1
             scalars[0] += result.loss
             scalars[1] += Float(result.correct)
         }
+        let t0 = monotonicSeconds()
         reducer.reduce(gradients: store.gradients, scalars: &scalars, microBatches: partition.parts,
                        communicator: communicator)
+        let t1 = monotonicSeconds()
         optimizer.step(parameters: store.parameters, gradients: store.gradients, spans: reducer.spans,
                        learningRate: learningRate)
+        times.communication += t1 - t0
+        times.update += monotonicSeconds() - t1
         return (scalars[0] / Float(partition.parts), scalars[1] / Float(options.globalBatch))
     }
+}
+
+/// Seconds on a monotonic clock, for intervals.
+public func monotonicSeconds() -> Double {
+    Double(DispatchTime.now().uptimeNanoseconds) / 1e9
 }

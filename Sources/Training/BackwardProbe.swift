@@ -1,0 +1,59 @@
+import Data
+import Distributed
+import Kernels
+import Layers
+
+/// Backward time of the current (EfQAT) selection against full QAT,
+/// measured side by side on the same micro-batch after training, so a
+/// run's summary can say what the selection saved on this machine.
+///
+/// The probe leaves the model as it found it: it restores the layers'
+/// gradient rows, drops the batch statistics its forward passes gathered
+/// and zeroes the gradients.
+public struct BackwardProbe: Sendable {
+    /// Seconds per backward pass of one micro-batch, averaged over ranks.
+    public var selected: Double
+    public var full: Double
+    /// Images in the probed micro-batch.
+    public var batch: Int
+
+    public var speedup: Double { selected > 0 ? full / selected : 0 }
+
+    /// Runs `repetitions` rounds of (selected, full) backward passes and
+    /// keeps each configuration's fastest.
+    public static func compare(_ model: ResNet, data: Dataset, microBatch: Int, seed: UInt64,
+                               communicator: Communicator, repetitions: Int = 3) -> BackwardProbe {
+        var rng = SplitMix64(seed: seed, stream: [0x5052_4F42])
+        let indices = Array(rng.permutation(data.count).prefix(microBatch))
+        let images = FloatBuffer(capacity: indices.count * data.sampleSize)
+        var labels = [Int32](repeating: 0, count: indices.count)
+        labels.withUnsafeMutableBufferPointer { data.gatherBatch(indices, pixels: images.pointer, labels: $0.baseAddress!) }
+        let x = FeatureMap(data: images.pointer, channels: data.channels, batch: indices.count,
+                           height: data.height, width: data.width)
+        let selectedRows = model.layers.map(\.gradientRows)
+        let allRows = model.layers.map { [0..<$0.outChannels] }
+        let dLogits = FloatBuffer()
+        var best = [Double.infinity, Double.infinity]
+        for _ in 0..<repetitions {
+            for (which, rows) in [selectedRows, allRows].enumerated() {
+                for (layer, r) in zip(model.layers, rows) { layer.gradientRows = r }
+                let logits = model.forward(x, training: true)
+                _ = labels.withUnsafeBufferPointer {
+                    softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, gradient: dLogits.reserve(logits.count),
+                                        gradientScale: 1 / Float(indices.count))
+                }
+                let t0 = monotonicSeconds()
+                model.backward(FeatureMap(data: dLogits.pointer, channels: logits.channels, batch: indices.count,
+                                          height: 1, width: 1))
+                best[which] = min(best[which], monotonicSeconds() - t0)
+            }
+        }
+        for (layer, r) in zip(model.layers, selectedRows) { layer.gradientRows = r }
+        for norm in model.batchNorms { norm.discardPendingStatistics() }
+        model.store.gradients.zero()
+        var mean = best
+        communicator.allReduce(&mean, .sum)
+        return BackwardProbe(selected: mean[0] / Double(communicator.size), full: mean[1] / Double(communicator.size),
+                             batch: indices.count)
+    }
+}

@@ -12,7 +12,7 @@ public final class Workspace {
     /// Patch-matrix elements per chunk of images. Convolutions im2col a few
     /// images at a time so the patch matrix stays in cache while the GEMM
     /// reads it.
-    public var chunkElements = 1 << 19
+    public var chunkElements = 1 << 18
 
     public init() {}
 }

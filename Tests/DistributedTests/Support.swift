@@ -242,9 +242,12 @@ func metricsRecords(in folder: String) throws -> [[String: Any]] {
 
 /// The test accuracy (in %) of the summary table's QAT row, e.g. "QAT W8A8    91.20%  ...".
 func summaryQATAccuracy(_ stdout: String) -> Double? {
-    for line in stdout.split(separator: "\n") where line.hasPrefix("QAT ") {
-        let fields = line.split(separator: " ")
-        if fields.count >= 3, fields[2].hasSuffix("%"), let value = Double(fields[2].dropLast()) { return value }
+    // The row of "EfQAT W8A8 cwpn p=0.1" or "QAT W8A8 (full)"; its first
+    // percentage is the test accuracy.
+    for line in stdout.split(separator: "\n") where line.hasPrefix("QAT ") || line.hasPrefix("EfQAT ") {
+        for field in line.split(separator: " ") where field.hasSuffix("%") {
+            if let value = Double(field.dropLast()) { return value }
+        }
     }
     return nil
 }

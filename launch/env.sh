@@ -1,4 +1,5 @@
-# Shared settings of launch/run.sh and launch/test.sh. Source it from bash:
+# Shared settings of launch/run.sh, launch/test.sh and launch/cluster.sh.
+# Source it from bash:
 #
 #   source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 #
@@ -6,14 +7,22 @@
 #   EFQAT_ROOT            the repository root
 #   efqat_say TEXT        a progress line ("==> TEXT") on stderr
 #   ensure_dependencies   installs what is missing (apt: Open MPI, OpenBLAS,
-#                         pkg-config; pip: safetensors, numpy), and nothing
-#                         when everything is present
+#                         pkg-config, as root iproute2; pip: safetensors,
+#                         numpy), and nothing when everything is present
 #   EFQAT_BUILD_DIR       SwiftPM's build folder (default <repo>/.build)
 #   efqat_build LOG ARGS  `swift build ARGS` in the repository, quiet unless it fails
 #   efqat_mpirun N CMD... runs CMD on N ranks with the flags this machine needs
+#                         (mpirun options may come first in CMD)
+#   efqat_srun N CMD...   the same with srun, inside a Slurm allocation
+#   efqat_train_binary    sets EFQAT_TRAIN_BINARY to the built efqat-train,
+#                         or fails with how to build it
+#   efqat_progress_default  EFQAT_PROGRESS=bar on a terminal, else lines,
+#                         unless it is set already
 #
 # Environment it reads: EFQAT_MPIRUN_ARGS (extra mpirun options, split on
-# spaces), EFQAT_CACHE (data cache, default <repo>/cache), EFQAT_BUILD_DIR.
+# spaces), EFQAT_CACHE (data cache, default <repo>/cache), EFQAT_BUILD_DIR,
+# EFQAT_TRAIN_BINARY (an efqat-train to run instead of the built one),
+# EFQAT_SRUN_MPI and EFQAT_SRUN_ARGS (see efqat_srun).
 
 EFQAT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export EFQAT_CACHE="${EFQAT_CACHE:-$EFQAT_ROOT/cache}"
@@ -60,6 +69,9 @@ ensure_dependencies() {
     if command -v dpkg >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
         local wanted=(libopenmpi-dev openmpi-bin libopenblas-dev pkg-config)
         if ! command -v python3 >/dev/null 2>&1; then wanted+=(python3); fi
+        # ip and tc for the multi-host harness (clusters/netns), which only
+        # root can use.
+        if [[ "$(id -u)" -eq 0 ]]; then wanted+=(iproute2); fi
         local missing=() package
         for package in "${wanted[@]}"; do
             dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -106,6 +118,10 @@ efqat_build() {
     fi
 }
 
+# What every rank's environment must hold: one OpenBLAS thread, and ranks
+# that yield their core while they wait in a collective.
+EFQAT_RANK_ENV=(OPENBLAS_NUM_THREADS=1 OMPI_MCA_mpi_yield_when_idle=1)
+
 # The mpirun flags for this kind of machine: as root Open MPI wants
 # --allow-run-as-root; more ranks than cores need --oversubscribe; with
 # several ranks per core, binding hurts, waiting ranks must yield their core
@@ -113,7 +129,9 @@ efqat_build() {
 efqat_mpirun_flags() {
     EFQAT_MPIRUN_FLAGS=(--oversubscribe --bind-to none)
     if [[ "$(id -u)" -eq 0 ]]; then EFQAT_MPIRUN_FLAGS+=(--allow-run-as-root); fi
-    EFQAT_MPIRUN_FLAGS+=(-x OPENBLAS_NUM_THREADS=1 -x OMPI_MCA_mpi_yield_when_idle=1 -x EFQAT_CACHE)
+    local variable
+    for variable in "${EFQAT_RANK_ENV[@]}"; do EFQAT_MPIRUN_FLAGS+=(-x "$variable"); done
+    EFQAT_MPIRUN_FLAGS+=(-x EFQAT_CACHE)
     if [[ -n "${EFQAT_PROGRESS:-}" ]]; then EFQAT_MPIRUN_FLAGS+=(-x EFQAT_PROGRESS); fi
     if [[ -n "${EFQAT_MPIRUN_ARGS:-}" ]]; then
         local extra
@@ -127,6 +145,55 @@ efqat_mpirun() {
     local ranks="$1"
     shift
     efqat_mpirun_flags
-    OPENBLAS_NUM_THREADS=1 OMPI_MCA_mpi_yield_when_idle=1 \
-        mpirun -n "$ranks" "${EFQAT_MPIRUN_FLAGS[@]}" "$@"
+    env "${EFQAT_RANK_ENV[@]}" mpirun -n "$ranks" "${EFQAT_MPIRUN_FLAGS[@]}" "$@"
+}
+
+# efqat_srun N command [arguments...]: the same inside a Slurm allocation,
+# with srun starting the ranks (N empty: as many as the allocation has
+# tasks). srun hands each rank the environment, so the ranks' variables are
+# simply exported. The PMI plug-in that wires up Open MPI is
+# EFQAT_SRUN_MPI if set, else pmix if this Slurm has it, else pmi2, else
+# Slurm's default (MpiDefault). EFQAT_SRUN_ARGS adds srun options.
+efqat_srun() {
+    local ranks="$1"
+    shift
+    local mpi="${EFQAT_SRUN_MPI:-}"
+    if [[ -z "$mpi" ]]; then
+        local plugins
+        plugins=$(srun --mpi=list 2>&1 || true)
+        if grep -qw pmix <<<"$plugins"; then
+            mpi=pmix
+        elif grep -qw pmi2 <<<"$plugins"; then
+            mpi=pmi2
+        fi
+    fi
+    # A rank that fails ends the whole step, as MPI_Abort does under mpirun.
+    local flags=(--kill-on-bad-exit=1)
+    if [[ -n "$mpi" ]]; then flags+=("--mpi=$mpi"); fi
+    if [[ -n "$ranks" ]]; then flags+=("--ntasks=$ranks"); fi
+    if [[ -n "${EFQAT_SRUN_ARGS:-}" ]]; then
+        local extra
+        read -r -a extra <<<"$EFQAT_SRUN_ARGS"
+        flags+=("${extra[@]}")
+    fi
+    env "${EFQAT_RANK_ENV[@]}" srun "${flags[@]}" "$@"
+}
+
+# Sets EFQAT_TRAIN_BINARY (if unset) to the release build's efqat-train and
+# checks that it exists.
+efqat_train_binary() {
+    EFQAT_TRAIN_BINARY="${EFQAT_TRAIN_BINARY:-$EFQAT_BUILD_DIR/release/efqat-train}"
+    if [[ ! -x "$EFQAT_TRAIN_BINARY" ]]; then
+        echo "error: $EFQAT_TRAIN_BINARY is not built; run launch/run.sh once, or" \
+            "swift build -c release --product efqat-train in $EFQAT_ROOT" >&2
+        return 1
+    fi
+}
+
+# Under mpirun every rank's stdout is a pseudo-terminal, so the trainer
+# cannot tell by itself whether a person is watching: decide here.
+efqat_progress_default() {
+    if [[ -z "${EFQAT_PROGRESS:-}" ]]; then
+        if [[ -t 1 ]]; then export EFQAT_PROGRESS=bar; else export EFQAT_PROGRESS=lines; fi
+    fi
 }

@@ -63,11 +63,7 @@ efqat_say "building efqat-train (release)"
 efqat_build "$EFQAT_BUILD_DIR/launch-build.log" -c release --product efqat-train
 binary="$EFQAT_BUILD_DIR/release/efqat-train"
 
-# Under mpirun every rank's stdout is a pseudo-terminal, so the trainer
-# cannot tell by itself whether a person is watching: decide here.
-if [[ -z "${EFQAT_PROGRESS:-}" ]]; then
-    if [[ -t 1 ]]; then export EFQAT_PROGRESS=bar; else export EFQAT_PROGRESS=lines; fi
-fi
+efqat_progress_default
 
 efqat_say "mpirun -n $ranks efqat-train ${args[*]:-}"
 efqat_mpirun "$ranks" "$binary" ${args[@]+"${args[@]}"}

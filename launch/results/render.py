@@ -1,4 +1,5 @@
-"""Renders docs/results.md from the runs that launch/results.sh made."""
+"""Renders docs/results.md (and the EfQAT accuracy plot) from the runs that
+launch/results.sh made: render.py RUNS RANKS SVG > docs/results.md."""
 import json
 import pathlib
 import platform
@@ -7,13 +8,24 @@ import sys
 
 out = pathlib.Path(sys.argv[1])
 ranks = sys.argv[2]
+svg_path = pathlib.Path(sys.argv[3])
 
 
 def summary(run):
-    """The last summary record of a run's metrics."""
+    """The stages of a run's last summary record, keyed by their first word
+    (FP32, PTQ, EfQAT or QAT)."""
     lines = (out / run / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines if '"summary"' in line]
     return {s["stage"].split(" ")[0]: s for s in records[-1]["stages"]}
+
+
+def trained(stages):
+    """The QAT stage of a run: EfQAT, or full QAT."""
+    return stages.get("EfQAT") or stages["QAT"]
+
+
+def exists(run):
+    return (out / run / "metrics.jsonl").exists()
 
 
 def pct(x):
@@ -24,50 +36,147 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
-default = summary("default")
-seconds = float((out / "default.seconds").read_text())
 print("# Results\n")
 print(f"Measured by `launch/results.sh` at commit `{commit}` on {cores} cores ({cpu}). "
       "Rerun it to reproduce every figure here; it rewrites this file.\n")
+
+default = summary("default")
+fp32 = default["FP32"]["accuracy"]
+seconds = float((out / "default.seconds").read_text())
 print("## Default job\n")
 print(f"`mpirun -n {ranks} efqat-train` with no options: ResNet-20 on the MNIST 5k subset "
-      "(4500 train / 500 test), FP32 training then W8A8 calibration and QAT.\n")
-print("| stage | test accuracy | time (s) | samples/s | all-reduced |")
-print("|---|---|---|---|---|")
+      "(4500 train / 500 test), FP32 training, W8A8 calibration, then EfQAT (CWPN, p = 0.1).\n")
+print("| stage | test accuracy | time (s) | samples/s | trained weights | backward/step | all-reduced/step |")
+print("|---|---|---|---|---|---|---|")
 for name, s in default.items():
-    rate = f"{s['samples_per_s']:.0f}" if s["samples_per_s"] else "-"
-    mib = f"{s['bytes_reduced'] / 2**20:.1f} MiB" if s["bytes_reduced"] else "-"
-    print(f"| {s['stage']} | {pct(s['accuracy'])} | {s['seconds']:.1f} | {rate} | {mib} |")
+    if "samples_per_s" in s:
+        cells = [f"{s['samples_per_s']:.0f}", f"{100 * s['trained_weight_fraction']:.1f}%",
+                 f"{1000 * s['backward_s_per_step']:.0f} ms", f"{s['bytes_per_step'] / 1024:.1f} KiB"]
+    else:
+        cells = ["-"] * 4
+    print(f"| {s['stage']} | {pct(s['accuracy'])} | {s['seconds']:.1f} | " + " | ".join(cells) + " |")
 print(f"\nWall time of the whole job, launch to exit: **{seconds:.0f} s**. "
-      f"QAT minus FP32: {100 * (default['QAT']['accuracy'] - default['FP32']['accuracy']):+.2f} points.\n")
+      f"EfQAT minus FP32: {100 * (trained(default)['accuracy'] - fp32):+.2f} points.\n")
 
-print("## PTQ without training\n")
-print("The FP32 model of the default job, quantized and evaluated with no training. "
-      "Weights per channel (symmetric), activations per tensor; first layer W8 with a float input, "
-      "last layer W8A8 (the reference recipe). MixQuant uses the budget rule at the target's mean bits, "
-      "so the model has the size of the uniform one. The rows without reconstruction re-estimate the batch-norm "
-      "running statistics on the quantized model (512 calibration images, the default) except the first, which "
-      "keeps the FP32 statistics; reconstruction keeps them too and corrects the blocks' outputs instead. Reconstruction: 256 calibration images, 400 iterations "
-      "per block, batch 32 (`--reconstruct` defaults). Time is the whole single-process run "
-      "(load, calibrate, reconstruct, evaluate).\n")
-fp32 = default["FP32"]["accuracy"]
-print(f"FP32: {pct(fp32)}.\n")
-methods = [("minmax-stale-bn", "min-max, FP32 batch-norm statistics"), ("minmax", "min-max"), ("lp", "L_p search (p = 2.4)"),
-           ("reconstruction", "min-max + reconstruction (Genie-M, QDrop)"),
-           ("mixquant-minmax", "MixQuant + min-max"), ("mixquant-lp", "MixQuant + L_p"),
-           ("mixquant-reconstruction", "MixQuant + reconstruction")]
 bits = ["W8A8", "W4A4", "W3A3", "W2A4"]
-print("| method | " + " | ".join(bits) + " |")
-print("|---|" + "---|" * len(bits))
-for key, label in methods:
-    cells = []
-    for b in bits:
-        run = f"ptq-{b}-{key}"
-        if not (out / run / "metrics.jsonl").exists():
-            cells.append("-")
-            continue
-        acc = summary(run)["PTQ"]["accuracy"]
-        secs = int((out / f"{run}.seconds").read_text())
-        cells.append(f"{pct(acc)} ({100 * (acc - fp32):+.1f}, {secs} s)")
-    print(f"| {label} | " + " | ".join(cells) + " |")
-print("\nEach cell: test accuracy (points against FP32, run time).")
+if any(exists(f"ptq-{b}-minmax") for b in bits):
+    print("## PTQ without training\n")
+    print("The FP32 model of the default job, quantized and evaluated with no training. "
+          "Weights per channel (symmetric), activations per tensor; first layer W8 with a float input, "
+          "last layer W8A8 (the reference recipe). MixQuant uses the budget rule at the target's mean bits, "
+          "so the model has the size of the uniform one. The rows without reconstruction re-estimate the batch-norm "
+          "running statistics on the quantized model (512 calibration images, the default) except the first, which "
+          "keeps the FP32 statistics; reconstruction keeps them too and corrects the blocks' outputs instead. "
+          "Reconstruction: `--reconstruct` defaults. Time is the whole single-process run "
+          "(load, calibrate, reconstruct, evaluate).\n")
+    print(f"FP32: {pct(fp32)}.\n")
+    methods = [("minmax-stale-bn", "min-max, FP32 batch-norm statistics"), ("minmax", "min-max"),
+               ("lp", "L_p search (p = 2.4)"), ("reconstruction", "min-max + reconstruction (Genie-M, QDrop)"),
+               ("mixquant-minmax", "MixQuant + min-max"), ("mixquant-lp", "MixQuant + L_p"),
+               ("mixquant-reconstruction", "MixQuant + reconstruction")]
+    print("| method | " + " | ".join(bits) + " |")
+    print("|---|" + "---|" * len(bits))
+    for key, label in methods:
+        cells = []
+        for b in bits:
+            run = f"ptq-{b}-{key}"
+            if not exists(run):
+                cells.append("-")
+                continue
+            acc = summary(run)["PTQ"]["accuracy"]
+            secs = int((out / f"{run}.seconds").read_text())
+            cells.append(f"{pct(acc)} ({100 * (acc - fp32):+.1f}, {secs} s)")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print("\nEach cell: test accuracy (points against FP32, run time).\n")
+
+# EfQAT against full QAT.
+modes = ["cwpn", "cwpl", "lwpn"]
+fractions = ["0.05", "0.1", "0.25"]
+efqat_bits = [b for b in ["W4A4", "W3A3"] if exists(f"efqat-{b}-full")]
+curves = {}
+if efqat_bits:
+    print("## EfQAT: accuracy against the trained fraction\n")
+    print("QAT from the default PTQ init (min-max calibration, batch-norm re-estimation) of the default job's FP32 "
+          "model, 3 epochs (the default) at lr 0.01, 2 ranks. EfQAT trains the fraction p of the conv/linear weights "
+          "chosen by the mode (CWPN: channels ranked over the network by mean |w|; CWPL: the top channels of every layer; "
+          "LWPN: whole layers), plus all activation steps, biases and batch-norm parameters; p = 1 is full QAT. "
+          "Each cell: test accuracy (QAT time in s, trained weights, all-reduced per step). The test set has "
+          "500 images: one image is 0.2 points.\n")
+    for b in efqat_bits:
+        ptq_acc = summary(f"efqat-{b}-p0")["PTQ"]["accuracy"]
+        full = trained(summary(f"efqat-{b}-full"))
+        p0 = trained(summary(f"efqat-{b}-p0"))
+
+        def cell(s):
+            return (f"{pct(s['accuracy'])} ({s['seconds']:.0f} s, {100 * s['trained_weight_fraction']:.1f}%, "
+                    f"{s['bytes_per_step'] / 1024:.0f} KiB)")
+        print(f"### {b}\n")
+        print(f"PTQ (no training): {pct(ptq_acc)}. Full QAT: {cell(full)}. "
+              f"p = 0 (no weights, only the always-trained tensors): {cell(p0)}.\n")
+        print("| mode | " + " | ".join(f"p = {p}" for p in fractions) + " | gap recovered at p = 0.1 |")
+        print("|---|" + "---|" * (len(fractions) + 1))
+        for mode in modes:
+            cells, points = [], [(0.0, p0["accuracy"])]
+            for p in fractions:
+                run = f"efqat-{b}-{mode}-p{p}"
+                if not exists(run):
+                    cells.append("-")
+                    continue
+                s = trained(summary(run))
+                cells.append(cell(s))
+                points.append((float(p), s["accuracy"]))
+            points.append((1.0, full["accuracy"]))
+            curves[(b, mode)] = points
+            at = dict(points).get(0.1)
+            gap = full["accuracy"] - ptq_acc
+            recovered = f"{100 * (at - ptq_acc) / gap:.0f}%" if at is not None and abs(gap) > 1e-9 else "- (no gap)"
+            print(f"| {mode.upper()} | " + " | ".join(cells) + f" | {recovered} |")
+        print(f"\nGap recovered = (EfQAT at p = 0.1 - PTQ) / (full QAT - PTQ); full QAT closes "
+              f"{100 * (full['accuracy'] - ptq_acc):+.2f} points here.\n")
+        curves[(b, "ptq")] = ptq_acc
+    print(f"![EfQAT accuracy against p]({svg_path.name})\n")
+
+
+def render_svg():
+    """One panel per bit width: test accuracy against p for each mode, with
+    PTQ and full QAT as dashed lines. p runs on a square-root scale so 0.05
+    and 0.1 stay apart from 0."""
+    width, height, pad = 360, 260, 48
+    colors = {"cwpn": "#1f77b4", "cwpl": "#ff7f0e", "lwpn": "#2ca02c"}
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width * len(efqat_bits)}" height="{height}" '
+             'font-family="sans-serif" font-size="11">']
+    for i, b in enumerate(efqat_bits):
+        x0 = i * width
+        values = [a for m in modes for _, a in curves.get((b, m), [])] + [curves[(b, "ptq")]]
+        lo, hi = min(values) - 0.002, max(values) + 0.002
+
+        def px(p):
+            return x0 + pad + (width - pad - 16) * p ** 0.5
+
+        def py(a):
+            return height - pad + (a - lo) / (hi - lo) * -(height - pad - 24)
+        parts.append(f'<text x="{x0 + width / 2}" y="16" text-anchor="middle" font-weight="bold">{b}</text>')
+        parts.append(f'<line x1="{px(0)}" y1="{py(lo)}" x2="{px(1)}" y2="{py(lo)}" stroke="black"/>')
+        parts.append(f'<line x1="{px(0)}" y1="{py(lo)}" x2="{px(0)}" y2="{py(hi)}" stroke="black"/>')
+        for p in [0, 0.05, 0.1, 0.25, 0.5, 1]:
+            parts.append(f'<text x="{px(p)}" y="{py(lo) + 14}" text-anchor="middle">{p:g}</text>')
+        parts.append(f'<text x="{px(0.5)}" y="{height - 8}" text-anchor="middle">p (trained fraction of weights)</text>')
+        for k in range(5):
+            a = lo + (hi - lo) * k / 4
+            parts.append(f'<text x="{px(0) - 4}" y="{py(a) + 4}" text-anchor="end">{100 * a:.1f}</text>')
+        ptq = curves[(b, "ptq")]
+        parts.append(f'<line x1="{px(0)}" y1="{py(ptq)}" x2="{px(1)}" y2="{py(ptq)}" stroke="gray" stroke-dasharray="4 3"/>')
+        parts.append(f'<text x="{px(1)}" y="{py(ptq) - 3}" text-anchor="end" fill="gray">PTQ</text>')
+        for j, m in enumerate(modes):
+            points = curves.get((b, m), [])
+            path = " ".join(f"{px(p):.1f},{py(a):.1f}" for p, a in points)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="{colors[m]}" stroke-width="1.5"/>')
+            for p, a in points:
+                parts.append(f'<circle cx="{px(p):.1f}" cy="{py(a):.1f}" r="2.5" fill="{colors[m]}"/>')
+            parts.append(f'<text x="{px(0) + 8}" y="{34 + 13 * j}" fill="{colors[m]}">{m.upper()}</text>')
+    parts.append("</svg>")
+    svg_path.write_text("\n".join(parts) + "\n")
+
+
+if efqat_bits:
+    render_svg()

@@ -5,7 +5,8 @@ import PackageDescription
 ///
 ///   CMPI ─► Distributed ─┐
 ///   COpenBLAS ─► Kernels ─► Layers ─► Quantization ─► Training ─► efqat-train
-///   Data, Checkpoint ───────────────────────────────┘
+///   Data, Checkpoint ───────────────────────────────┘              ▲
+///   Kernels, Layers, Distributed, Checkpoint ─► Genie ─────────────┘
 let package = Package(
     name: "efqat-train",
     products: [
@@ -33,8 +34,9 @@ let package = Package(
         .target(name: "Training", dependencies: [
             "Kernels", "Layers", "Quantization", "Distributed", "Checkpoint", "Data",
         ]),
+        .target(name: "Genie", dependencies: ["Kernels", "Layers", "Distributed", "Checkpoint"]),
         .executableTarget(name: "EfqatTrain", dependencies: [
-            "Training",
+            "Training", "Genie",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "EfqatBench", dependencies: [
@@ -49,6 +51,7 @@ let package = Package(
             "Checkpoint", "Data", "Distributed", "Kernels", "Layers", "Quantization", "Training",
         ]),
         .testTarget(name: "LayersTests", dependencies: ["Kernels", "Layers"]),
+        .testTarget(name: "GenieTests", dependencies: ["Checkpoint", "Distributed", "Genie", "Kernels", "Layers"]),
         .testTarget(name: "QuantizationTests", dependencies: ["Kernels", "Layers", "Quantization", "Distributed"]),
     ]
 )

@@ -52,7 +52,7 @@ struct SynthesizeCommand: RankCommand {
     var gridPng: String?
 
     @Option(help: "Log a progress line every N iterations when not on a terminal.")
-    var logEvery = 100
+    var logEvery = 25
 
     @OptionGroup var runtime: RuntimeOptions
 

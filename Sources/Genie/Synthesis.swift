@@ -12,7 +12,7 @@ public struct SynthesisOptions: Sendable, Equatable {
     /// Reference: 128.
     public var batchSize = 64
     /// Optimisation steps per batch. Reference: 4000.
-    public var iterations = 300
+    public var iterations = 100
     /// With the batch index, the only source of randomness.
     public var seed: UInt64 = 0
     /// Adam on the latents, with a plateau schedule on the loss.

@@ -113,6 +113,9 @@ public func synthesizeDataset(teacher: ResNet, height: Int, width: Int, options:
     if communicator.isRoot, resumed > 0 { events(.resumed(batches: resumed, of: total)) }
 
     let synthesizer = BatchSynthesizer(teacher: teacher, height: height, width: width, options: options)
+    // A rank's part of a round: batch index, seconds, initial and final
+    // loss terms (batch norm, prior), then the batch's images; empty when
+    // the rank has no batch left. Through Float for every world size alike.
     let header = 6
     for first in stride(from: resumed, to: total, by: communicator.size) {
         let mine = first + communicator.rank

@@ -5,8 +5,9 @@ import PackageDescription
 ///
 ///   CMPI ─► Distributed ─┐
 ///   COpenBLAS ─► Kernels ─► Layers ─► Quantization ─► Training ─► efqat-train
-///                                  └──► EfQAT ─────────┤
-///   Data, Checkpoint ───────────────────────────────┘
+///   Layers ─► EfQAT ─► Training
+///   Data, Checkpoint ─► Training
+///   Kernels, Layers, Distributed, Checkpoint ─► Genie ─► efqat-train
 let package = Package(
     name: "efqat-train",
     products: [
@@ -35,8 +36,9 @@ let package = Package(
         .target(name: "Training", dependencies: [
             "Kernels", "Layers", "Quantization", "EfQAT", "Distributed", "Checkpoint", "Data",
         ]),
+        .target(name: "Genie", dependencies: ["Kernels", "Layers", "Distributed", "Checkpoint"]),
         .executableTarget(name: "EfqatTrain", dependencies: [
-            "Training", "EfQAT",
+            "Training", "EfQAT", "Genie",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "EfqatBench", dependencies: [
@@ -51,6 +53,7 @@ let package = Package(
             "Checkpoint", "Data", "Distributed", "EfQAT", "Kernels", "Layers", "Quantization", "Training",
         ]),
         .testTarget(name: "LayersTests", dependencies: ["Kernels", "Layers"]),
+        .testTarget(name: "GenieTests", dependencies: ["Checkpoint", "Distributed", "Genie", "Kernels", "Layers"]),
         .testTarget(name: "QuantizationTests", dependencies: ["Kernels", "Layers", "Quantization", "Distributed"]),
     ]
 )

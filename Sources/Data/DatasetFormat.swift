@@ -8,6 +8,15 @@ public enum DatasetFormat: String, CaseIterable, Sendable {
     /// The CIFAR-10 binary batches.
     case cifar10 = "cifar10"
 
+    /// Height and width of every image, known without reading the files
+    /// (Genie-D synthesises images of this size).
+    public var imageSize: (height: Int, width: Int) {
+        switch self {
+        case .mnist5k, .mnistIDX: (MNISTImage.height, MNISTImage.width)
+        case .cifar10: (CIFAR10.height, CIFAR10.width)
+        }
+    }
+
     /// Reads the training and test sets from the files in `directory`.
     public func load(from directory: String) throws -> (train: Dataset, test: Dataset) {
         switch self {

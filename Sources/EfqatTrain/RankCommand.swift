@@ -1,7 +1,9 @@
 import ArgumentParser
+import Checkpoint
 import Distributed
 import Foundation
 import Kernels
+import Layers
 import Training
 
 /// The `efqat-train` tool: its subcommands run on every rank of an MPI job
@@ -10,13 +12,15 @@ struct EfqatTrain: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "efqat-train",
         abstract: "Turn a pretrained FP32 ResNet into an accurate low-bit one, data-parallel over MPI.",
-        subcommands: [TrainCommand.self, SearchBitsCommand.self],
+        subcommands: [TrainCommand.self, SearchBitsCommand.self, SynthesizeCommand.self],
         defaultSubcommand: TrainCommand.self)
 }
 
 /// A subcommand that runs on every rank with a communicator.
 protocol RankCommand: ParsableCommand {
     var runtime: RuntimeOptions { get }
+    /// OpenBLAS threads per rank when --threads is not given.
+    func defaultThreads(cores: Int, ranksOnNode: Int) -> Int
     func run(communicator: Communicator) throws
 }
 
@@ -26,16 +30,41 @@ extension RankCommand {
         preconditionFailure("\(Self.self) runs through main.swift")
     }
 
+    /// The node's cores shared by its ranks.
+    func defaultThreads(cores: Int, ranksOnNode: Int) -> Int { max(1, cores / ranksOnNode) }
+
     /// The repository's data cache, where launch/setup-data.sh puts MNIST.
     func defaultDataDirectory() -> String {
         if let cache = ProcessInfo.processInfo.environment["EFQAT_CACHE"] { return cache + "/mnist" }
         return FileManager.default.currentDirectoryPath + "/cache/mnist"
     }
+
+    /// The model in a file written by the train job (its FP32 weights and
+    /// running statistics), and the file with its metadata.
+    func loadModel(_ path: String) throws -> (model: ResNet, file: SafeTensorsFile) {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw RunError.invalid("no model at \(path): run the train job first (efqat-train --output DIR writes "
+                                   + "DIR/fp32.safetensors), or pass --model PATH")
+        }
+        let file = try SafeTensorsFile.read(from: path)
+        guard let configJSON = file.metadata["efqat.model"] else {
+            throw RunError.invalid("\(path): no efqat.model metadata; expected a model file written by efqat-train")
+        }
+        let config: ResNetConfig
+        do {
+            config = try JSONDecoder().decode(ResNetConfig.self, from: Data(configJSON.utf8))
+        } catch {
+            throw RunError.invalid("\(path): cannot read the model description \(configJSON): \(error)")
+        }
+        let model = ResNet(config)
+        try ModelCheckpoint.restore(file, path: path, into: model, requireQuantizers: false, optimizer: nil)
+        return (model, file)
+    }
 }
 
 /// Options every rank command shares.
 struct RuntimeOptions: ParsableArguments {
-    @Option(help: "OpenBLAS threads per rank (default: 1 under MPI, all cores alone).")
+    @Option(help: "OpenBLAS threads per rank (default: the node's cores shared by its ranks; synthesize: 1).")
     var threads: Int?
 
     func validate() throws {

@@ -71,22 +71,8 @@ struct SearchBitsCommand: RankCommand {
     }
 
     func run(communicator: Communicator) throws {
-        guard FileManager.default.fileExists(atPath: model) else {
-            throw RunError.invalid("no model at \(model): run the train job first (efqat-train --output DIR writes "
-                                   + "DIR/fp32.safetensors), or pass --model PATH")
-        }
-        let file = try SafeTensorsFile.read(from: model)
-        guard let configJSON = file.metadata["efqat.model"] else {
-            throw RunError.invalid("\(model): no efqat.model metadata; expected a model file written by efqat-train")
-        }
-        let config: ResNetConfig
-        do {
-            config = try JSONDecoder().decode(ResNetConfig.self, from: Data(configJSON.utf8))
-        } catch {
-            throw RunError.invalid("\(model): cannot read the model description \(configJSON): \(error)")
-        }
-        let resnet = ResNet(config)
-        try ModelCheckpoint.restore(file, path: model, into: resnet, requireQuantizers: false, optimizer: nil)
+        let (resnet, file) = try loadModel(model)
+        let config = resnet.config
 
         var calibration = CalibrationOptions()
         calibration.weights = weightCalibration

@@ -37,7 +37,7 @@ if MPICommunicator.launchedByMPI {
     communicator = SingleProcessCommunicator()
 }
 let cores = ProcessInfo.processInfo.activeProcessorCount
-setBLASThreads(command.runtime.threads ?? max(1, cores / communicator.localSize))
+setBLASThreads(command.runtime.threads ?? command.defaultThreads(cores: cores, ranksOnNode: communicator.localSize))
 
 do {
     try command.run(communicator: communicator)

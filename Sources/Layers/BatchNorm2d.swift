@@ -15,15 +15,25 @@ public final class BatchNorm2d {
     public let channels: Int
     public let eps: Float = 1e-5
     public let momentum: Float = 0.1
+    /// False: PyTorch's `affine=False`. Gamma and beta keep their initial
+    /// 1 and 0 because backward never writes their gradients.
+    public let affine: Bool
     public let weight: ParameterSlot
     public let bias: ParameterSlot
     public let runningMean: ParameterSlot
     public let runningVar: ParameterSlot
     /// PyTorch's `num_batches_tracked`: optimizer steps with an update.
     public var batchesTracked: Int64 = 0
+    /// Called with the input of every forward: Genie-D measures the
+    /// statistics of every batch-norm input through it.
+    public var inputObserver: ((FeatureMap) -> Void)?
+    /// Called at the end of backward with the input and dL/dx, to add the
+    /// gradient of a loss on the input itself (Genie-D's statistics loss).
+    public var addInputGradient: ((_ input: FeatureMap, _ gradient: FeatureMap) -> Void)?
 
     private let store: ParameterStore
     private var input: FeatureMap?
+    private var training = true
     private var mean: [Float]
     private var inverseStd: [Float]
     private var pendingMean: [Float]
@@ -32,9 +42,10 @@ public final class BatchNorm2d {
     private let output = FloatBuffer()
     private let inputGradient = FloatBuffer()
 
-    public init(name: String, channels: Int, store: ParameterStore) {
+    public init(name: String, channels: Int, affine: Bool = true, store: ParameterStore) {
         self.name = name
         self.channels = channels
+        self.affine = affine
         self.store = store
         weight = store.register("\(name).weight", shape: [channels], role: .normScale)
         bias = store.register("\(name).bias", shape: [channels], role: .normShift)
@@ -58,6 +69,8 @@ public final class BatchNorm2d {
     public func forward(_ x: FeatureMap, training: Bool) -> FeatureMap {
         precondition(x.channels == channels, "\(name): expected \(channels) channels, got \(x.channels)")
         input = x
+        self.training = training
+        inputObserver?(x)
         let y = x.like(output)
         let m = x.plane
         let gamma = store.parameters[weight], beta = store.parameters[bias]
@@ -145,8 +158,10 @@ public final class BatchNorm2d {
         commitRunningStatistics(sums: sums, microBatches: pendingCount)
     }
 
-    /// Training-mode backward: with xhat = (x - mean) * istd and g = dy * gamma,
+    /// Backward of the last forward. Training mode: with
+    /// xhat = (x - mean) * istd and g = dy * gamma,
     /// dx = istd * (g - mean(g) - xhat * mean(g * xhat)).
+    /// Evaluation mode (fixed running statistics): dx = gamma * istd * dy.
     public func backward(_ dy: FeatureMap) -> FeatureMap {
         guard let x = input else { preconditionFailure("\(name): backward before forward") }
         let dx = x.like(inputGradient)
@@ -159,15 +174,22 @@ public final class BatchNorm2d {
             let sumDy = sum(g, count: m)
             // sum(dy * xhat) = istd * (sum(dy * x) - mu * sum(dy))
             let sumDyXhat = istd * (dot(g, src, count: m) - mu * sumDy)
-            dGamma[c] += sumDyXhat
-            dBeta[c] += sumDy
+            if affine {
+                dGamma[c] += sumDyXhat
+                dBeta[c] += sumDy
+            }
             let a = gamma[c] * istd
-            let meanDy = sumDy / Float(m), meanDyXhat = sumDyXhat / Float(m)
-            for i in 0..<m {
-                let xhat = (src[i] - mu) * istd
-                out[i] = a * (g[i] - meanDy - xhat * meanDyXhat)
+            if training {
+                let meanDy = sumDy / Float(m), meanDyXhat = sumDyXhat / Float(m)
+                for i in 0..<m {
+                    let xhat = (src[i] - mu) * istd
+                    out[i] = a * (g[i] - meanDy - xhat * meanDyXhat)
+                }
+            } else {
+                for i in 0..<m { out[i] = a * g[i] }
             }
         }
+        addInputGradient?(x, dx)
         return dx
     }
 }

@@ -31,6 +31,9 @@ public final class Conv2d {
     /// Called with the (unquantized) input of every forward: calibration
     /// observes activation ranges through it.
     public var inputObserver: ((FeatureMap) -> Void)?
+    /// Genie-D's swing convolution: when set, the input is reflect-padded
+    /// and randomly cropped back to its size before the convolution.
+    public var swing: ReflectPadCrop?
 
     private let store: ParameterStore
     private let workspace: Workspace
@@ -103,8 +106,9 @@ public final class Conv2d {
 
     public func forward(_ x: FeatureMap) -> FeatureMap {
         precondition(x.channels == inChannels, "\(name): expected \(inChannels) channels, got \(x.channels)")
-        input = x
         inputObserver?(x)
+        let x = swing?.forward(x) ?? x
+        input = x
         let g = geometry(for: x)
         let n = x.batch, columns = n * g.outPixels
         let y = FeatureMap(data: output.reserve(outChannels * columns), channels: outChannels,
@@ -228,6 +232,7 @@ public final class Conv2d {
             let perSample = x.count / n
             grads[inputQuantizer.step][0] += inputQuantizer.grid.lsqGradientScale(elements: perSample) * ds
         }
+        if let swing, needsInputGradient { return swing.backward(dx) }
         return dx
     }
 }

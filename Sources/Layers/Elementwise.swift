@@ -70,3 +70,58 @@ public final class GlobalAveragePool {
         return dx
     }
 }
+
+/// x for x > 0, slope * x otherwise. With slope > 0 the output has the
+/// input's sign, so backward reads the kept output.
+public final class LeakyReLU {
+    public let slope: Float
+    private let output = FloatBuffer()
+    private var outputMap: FeatureMap?
+    private let inputGradient = FloatBuffer()
+
+    public init(slope: Float) {
+        precondition(slope > 0, "LeakyReLU slope must be positive")
+        self.slope = slope
+    }
+
+    public func forward(_ x: FeatureMap) -> FeatureMap {
+        let y = x.like(output)
+        for i in 0..<x.count { y.data[i] = x.data[i] > 0 ? x.data[i] : slope * x.data[i] }
+        outputMap = y
+        return y
+    }
+
+    public func backward(_ dy: FeatureMap) -> FeatureMap {
+        guard let y = outputMap else { preconditionFailure("LeakyReLU: backward before forward") }
+        let dx = y.like(inputGradient)
+        for i in 0..<y.count { dx.data[i] = y.data[i] > 0 ? dy.data[i] : slope * dy.data[i] }
+        return dx
+    }
+}
+
+/// tanh(x). Backward: dx = dy * (1 - y^2).
+public final class Tanh {
+    private let output = FloatBuffer()
+    private var outputMap: FeatureMap?
+    private let inputGradient = FloatBuffer()
+
+    public init() {}
+
+    public func forward(_ x: FeatureMap) -> FeatureMap {
+        let y = x.like(output)
+        for i in 0..<x.count { y.data[i] = tanhf(x.data[i]) }
+        outputMap = y
+        return y
+    }
+
+    public func backward(_ dy: FeatureMap) -> FeatureMap {
+        guard let y = outputMap else { preconditionFailure("Tanh: backward before forward") }
+        let dx = y.like(inputGradient)
+        for i in 0..<y.count { dx.data[i] = dy.data[i] * (1 - y.data[i] * y.data[i]) }
+        return dx
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

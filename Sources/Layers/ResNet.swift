@@ -153,11 +153,14 @@ public final class ResNet {
         return fc.forward(pool.forward(x))
     }
 
-    /// Adds every parameter's gradient into `store.gradients`.
-    public func backward(_ dLogits: FeatureMap) {
+    /// Adds every parameter's gradient into `store.gradients` and returns
+    /// dL/d(images), which is computed only when `conv1.needsInputGradient`
+    /// is set (Genie-D optimises the images; training does not need them).
+    @discardableResult
+    public func backward(_ dLogits: FeatureMap) -> FeatureMap {
         var d = pool.backward(fc.backward(dLogits))
         for block in blocks.reversed() { d = block.backward(d) }
-        _ = conv1.backward(bn1.backward(relu.backward(d)))
+        return conv1.backward(bn1.backward(relu.backward(d)))
     }
 
     public func commitRunningStatistics() {

@@ -229,12 +229,12 @@ enum Jobs {
     }
 }
 
-/// The JSON lines of a run's metrics.jsonl.
-func metricsRecords(in folder: String) throws -> [[String: Any]] {
-    let text = try String(contentsOfFile: folder + "/metrics.jsonl", encoding: .utf8)
+/// The JSON lines of a run's metrics.jsonl (or another JSON-lines file of the run).
+func metricsRecords(in folder: String, file: String = "metrics.jsonl") throws -> [[String: Any]] {
+    let text = try String(contentsOfFile: folder + "/" + file, encoding: .utf8)
     return try text.split(separator: "\n").map { line in
         guard let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
-            throw SetupError("\(folder)/metrics.jsonl: a line is not a JSON object: \(line)")
+            throw SetupError("\(folder)/\(file): a line is not a JSON object: \(line)")
         }
         return object
     }

@@ -96,41 +96,175 @@ final class GradientCheckTests: XCTestCase {
         }
     }
 
+    /// Swing convolution: the shifted input goes through the convolution
+    /// and dx comes back through the shift.
+    func testConvolutionStride2WithSwing() {
+        let store = ParameterStore(), workspace = Workspace()
+        let conv = Conv2d(name: "conv", inChannels: 2, outChannels: 3, kernel: 3, stride: 2, padding: 1,
+                          store: store, workspace: workspace)
+        store.allocate()
+        conv.swing = ReflectPadCrop()
+        conv.swing?.offset = (0, 2)
+        checkConvolution(conv, store: store, batch: 2, height: 5, width: 6, seed: 14)
+    }
+
     // MARK: BatchNorm2d
 
-    func testBatchNormTraining() {
+    /// Training mode normalises with the batch's statistics, evaluation mode
+    /// with the running ones (a fixed per-channel affine map of x).
+    func checkBatchNorm(training: Bool, seed: UInt64) {
         let store = ParameterStore()
         let bn = BatchNorm2d(name: "bn", channels: 3, store: store)
         store.allocate()
-        var rng = SplitMix64(seed: 7)
+        var rng = SplitMix64(seed: seed)
         fillUniform(store.parameters[bn.weight], &rng, range: 0.5...1.5)
         fillUniform(store.parameters[bn.bias], &rng)
+        fillUniform(store.state[bn.runningMean], &rng)
+        fillUniform(store.state[bn.runningVar], &rng, range: 0.5...2)
         let x = OwnedMap(channels: 3, batch: 2, height: 3, width: 4, random: &rng, range: -2...2)
-        let r = OwnedMap(like: bn.forward(x.map, training: true), random: &rng)
+        let r = OwnedMap(like: bn.forward(x.map, training: training), random: &rng)
         store.gradients.zero()
         let dx = Array(bn.backward(r.map).buffer)
         let dGamma = Array(store.gradients[bn.weight]), dBeta = Array(store.gradients[bn.bias])
-        let loss = { weightedSum(bn.forward(x.map, training: true), r.map) }
+        let loss = { weightedSum(bn.forward(x.map, training: training), r.map) }
+        let mode = training ? "training" : "evaluation"
 
-        checkGradient("bn dx", values: x.map.data, indices: Array(0..<x.map.count), analytic: { dx[$0] },
+        checkGradient("bn \(mode) dx", values: x.map.data, indices: Array(0..<x.map.count), analytic: { dx[$0] },
                       eps: 1e-3, loss: loss)
-        checkGradient("bn dgamma", values: store.parameters.pointer(bn.weight), indices: Array(0..<3),
+        checkGradient("bn \(mode) dgamma", values: store.parameters.pointer(bn.weight), indices: Array(0..<3),
                       analytic: { dGamma[$0] }, eps: 1e-3, loss: loss)
-        checkGradient("bn dbeta", values: store.parameters.pointer(bn.bias), indices: Array(0..<3),
+        checkGradient("bn \(mode) dbeta", values: store.parameters.pointer(bn.bias), indices: Array(0..<3),
                       analytic: { dBeta[$0] }, eps: 1e-3, loss: loss)
     }
 
+    func testBatchNormTraining() { checkBatchNorm(training: true, seed: 7) }
+
+    func testBatchNormEvaluation() { checkBatchNorm(training: false, seed: 15) }
+
+    /// affine = false standardises each channel and leaves gamma and beta
+    /// without gradient.
+    func testBatchNormWithoutAffine() {
+        let store = ParameterStore()
+        let bn = BatchNorm2d(name: "bn", channels: 2, affine: false, store: store)
+        store.allocate()
+        bn.reset()
+        var rng = SplitMix64(seed: 16)
+        let x = OwnedMap(channels: 2, batch: 3, height: 2, width: 3, random: &rng, range: -2...3)
+        let y = bn.forward(x.map, training: true)
+        for c in 0..<2 {
+            let channel = (0..<y.plane).map { Double(y.data[c * y.plane + $0]) }
+            let mean = channel.reduce(0, +) / Double(channel.count)
+            let variance = channel.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(channel.count)
+            assertClose(mean, 0, tolerance: 1e-5, "channel \(c) mean")
+            assertClose(variance, 1, tolerance: 1e-3, "channel \(c) variance")
+        }
+        let r = OwnedMap(like: y, random: &rng)
+        store.gradients.zero()
+        let dx = Array(bn.backward(r.map).buffer)
+        XCTAssertEqual(Array(store.gradients.all), Array(repeating: 0, count: store.gradients.all.count))
+        checkGradient("bn no-affine dx", values: x.map.data, indices: Array(0..<x.map.count), analytic: { dx[$0] },
+                      eps: 1e-3) { weightedSum(bn.forward(x.map, training: true), r.map) }
+    }
+
     // MARK: Element-wise layers and pooling
+
+    func testLeakyReLU() {
+        let layer = LeakyReLU(slope: 0.2)
+        var rng = SplitMix64(seed: 17)
+        let x = OwnedMap(channels: 2, batch: 3, height: 3, width: 3, random: &rng)
+        checkInputGradient("leaky relu", x: x, eps: 1e-2, skip: { abs(x.map.data[$0]) <= 1e-2 }, rng: &rng,
+                           forward: layer.forward, backward: layer.backward)
+    }
+
+    func testTanh() {
+        let layer = Tanh()
+        var rng = SplitMix64(seed: 18)
+        let x = OwnedMap(channels: 2, batch: 3, height: 3, width: 3, random: &rng, range: -2...2)
+        checkInputGradient("tanh", x: x, eps: 1e-3, rng: &rng, forward: layer.forward, backward: layer.backward)
+    }
+
+    func testUpsample2x() {
+        let layer = Upsample2x()
+        var rng = SplitMix64(seed: 19)
+        let x = OwnedMap(channels: 2, batch: 2, height: 3, width: 2, random: &rng)
+        let y = layer.forward(x.map)
+        XCTAssertEqual([y.channels, y.batch, y.height, y.width], [2, 2, 6, 4])
+        for c in 0..<2 {
+            for n in 0..<2 {
+                for i in 0..<6 {
+                    for j in 0..<4 { XCTAssertEqual(element(y, c, n, i, j), element(x.map, c, n, i / 2, j / 2)) }
+                }
+            }
+        }
+        checkInputGradient("upsample", x: x, eps: 1e-2, rng: &rng, forward: layer.forward, backward: layer.backward)
+    }
+
+    /// Feature (c*H + y)*W + x of sample n lands at (c, n, y, x).
+    func testUnflatten() {
+        let layer = Unflatten(channels: 2, height: 2, width: 3)
+        var rng = SplitMix64(seed: 20)
+        let x = OwnedMap(channels: 12, batch: 3, height: 1, width: 1, random: &rng)
+        let y = layer.forward(x.map)
+        XCTAssertEqual([y.channels, y.batch, y.height, y.width], [2, 3, 2, 3])
+        for c in 0..<2 {
+            for n in 0..<3 {
+                for i in 0..<2 {
+                    for j in 0..<3 { XCTAssertEqual(element(y, c, n, i, j), element(x.map, (c * 2 + i) * 3 + j, n, 0, 0)) }
+                }
+            }
+        }
+        checkInputGradient("unflatten", x: x, eps: 1e-2, rng: &rng, forward: layer.forward, backward: layer.backward)
+    }
+
+    /// Every offset gives PyTorch's reflect padding by 1 cropped at the
+    /// offset, keeps the shape, and backward is the adjoint:
+    /// <crop(pad(x)), r> = <x, pad^T(crop^T(r))>.
+    func testReflectPadCrop() {
+        let layer = ReflectPadCrop()
+        var rng = SplitMix64(seed: 21)
+        let (h, w) = (4, 5)
+        let x = OwnedMap(channels: 2, batch: 2, height: h, width: w, random: &rng)
+        func reflect(_ k: Int, _ n: Int) -> Int { k < 0 ? -k : (k >= n ? 2 * n - 2 - k : k) }
+        for oy in 0...2 {
+            for ox in 0...2 {
+                layer.offset = (oy, ox)
+                let y = layer.forward(x.map)
+                XCTAssertEqual([y.channels, y.batch, y.height, y.width], [2, 2, h, w])
+                for c in 0..<2 {
+                    for n in 0..<2 {
+                        for i in 0..<h {
+                            for j in 0..<w {
+                                XCTAssertEqual(element(y, c, n, i, j),
+                                               element(x.map, c, n, reflect(i + oy - 1, h), reflect(j + ox - 1, w)),
+                                               "offset (\(oy), \(ox)) at (\(i), \(j))")
+                            }
+                        }
+                    }
+                }
+                let r = OwnedMap(like: y, random: &rng)
+                let forward = weightedSum(y, r.map)
+                let dx = layer.backward(r.map)
+                assertClose(forward, weightedSum(x.map, dx), tolerance: 1e-6, "adjoint at offset (\(oy), \(ox))")
+            }
+        }
+    }
+
+    /// dx of a layer with one input and no parameters, at `x`.
+    func checkInputGradient(_ what: String, x: OwnedMap, eps: Float, skip: (Int) -> Bool = { _ in false },
+                            rng: inout SplitMix64, forward: (FeatureMap) -> FeatureMap,
+                            backward: (FeatureMap) -> FeatureMap) {
+        let r = OwnedMap(like: forward(x.map), random: &rng)
+        let dx = Array(backward(r.map).buffer)
+        checkGradient("\(what) dx", values: x.map.data, indices: Array(0..<x.map.count), analytic: { dx[$0] },
+                      eps: eps, skip: skip) { weightedSum(forward(x.map), r.map) }
+    }
 
     func testReLU() {
         let relu = ReLU()
         var rng = SplitMix64(seed: 8)
         let x = OwnedMap(channels: 2, batch: 3, height: 3, width: 3, random: &rng)
-        let r = OwnedMap(like: relu.forward(x.map), random: &rng)
-        let dx = Array(relu.backward(r.map).buffer)
-        let eps: Float = 1e-2
-        checkGradient("relu dx", values: x.map.data, indices: Array(0..<x.map.count), analytic: { dx[$0] },
-                      eps: eps, skip: { abs(x.map.data[$0]) <= eps }) { weightedSum(relu.forward(x.map), r.map) }
+        checkInputGradient("relu", x: x, eps: 1e-2, skip: { abs(x.map.data[$0]) <= 1e-2 }, rng: &rng,
+                           forward: relu.forward, backward: relu.backward)
     }
 
     func testAddReLU() {

@@ -1,5 +1,3 @@
-import Kernels
-
 /// Adam (Kingma & Ba) as PyTorch's `torch.optim.Adam` without weight decay,
 /// for one contiguous tensor:
 ///
@@ -7,25 +5,26 @@ import Kernels
 ///     p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 ///
 /// with b1 = 0.9, b2 = 0.999, eps = 1e-8 and t the number of steps taken.
-/// Block reconstruction trains its rounding logits and step sizes with it;
-/// the learning rate is passed per step so callers can schedule it.
-final class Adam {
-    let count: Int
-    let beta1: Float = 0.9
-    let beta2: Float = 0.999
-    let epsilon: Float = 1e-8
-    private(set) var steps = 0
+/// Block reconstruction trains its rounding logits and step sizes with it,
+/// Genie-D its generators and latents; the learning rate is passed per step
+/// so callers can schedule it.
+public final class Adam {
+    public let count: Int
+    public let beta1: Float = 0.9
+    public let beta2: Float = 0.999
+    public let epsilon: Float = 1e-8
+    public private(set) var steps = 0
     private let m: FloatBuffer
     private let v: FloatBuffer
 
-    init(count: Int) {
+    public init(count: Int) {
         self.count = count
         m = FloatBuffer(capacity: count)
         v = FloatBuffer(capacity: count)
     }
 
     /// One update of `count` parameters at `p` from their gradient `g`.
-    func step(_ p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>, learningRate lr: Float) {
+    public func step(_ p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>, learningRate lr: Float) {
         steps += 1
         let t = Float(steps)
         let c1 = 1 - powf(beta1, t), c2 = 1 - powf(beta2, t)

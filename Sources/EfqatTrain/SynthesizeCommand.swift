@@ -1,0 +1,129 @@
+import ArgumentParser
+import Data
+import Distributed
+import Foundation
+import Genie
+import Training
+
+/// `efqat-train synthesize`: Genie-D zero-shot data synthesis from a trained
+/// FP32 model's batch-norm statistics, data-parallel over batches.
+struct SynthesizeCommand: RankCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "synthesize",
+        abstract: "Genie-D: synthesise a calibration data set from the batch-norm statistics of a trained FP32 model.",
+        discussion: """
+        Every batch gets a fresh generator and fresh latents z ~ N(0, I) (dimension 256), both trained with Adam \
+        so that the model's batch-norm inputs on the generated images match its running statistics: \
+        sum over batch-norm layers of ||mu - running_mean||^2 / C + ||sigma - sqrt(running_var + 1e-6)||^2 / C, \
+        plus a prior pulling each image's per-channel mean to 0 and std to 1. The model runs in evaluation mode; \
+        every strided convolution shifts its input by a random -1..1 pixels with reflected borders (swing \
+        convolution). Latents: Adam lr 0.1, reduced x0.1 after 100 iterations without improvement (down to 1e-4); \
+        generator: Adam lr 0.01, x0.95 every 100 iterations.
+
+        The defaults are sized for a small CPU machine. The reference setting is --images 1024 --batch-size 128 \
+        --iterations 4000.
+
+        Batches are independent and split over the ranks; each batch's randomness derives from --seed and its \
+        index only, so any number of ranks writes the same images. Rank 0 rewrites --output/genie.safetensors \
+        (tensor `images` [N, C, H, W], float32, normalised as the model's inputs; genie.* metadata) after every \
+        round of batches, so a rerun with the same settings continues where an interrupted one stopped. Losses per \
+        batch go to --output/genie.jsonl, and a grid of samples to --grid-png. See docs/genie.md.
+        """)
+
+    @Option(help: "Folder of the train job: the model is read from here and the data set written here.")
+    var output = "runs/default"
+
+    @Option(help: "The FP32 model file (default: --output/fp32.safetensors).")
+    var model: String?
+
+    @Option(help: "Images to synthesise, a multiple of --batch-size (reference: 1024).")
+    var images = SynthesisOptions().images
+
+    @Option(help: "Images per batch; each batch has its own generator and latents (reference: 128).")
+    var batchSize = SynthesisOptions().batchSize
+
+    @Option(help: "Optimisation steps per batch (reference: 4000).")
+    var iterations = SynthesisOptions().iterations
+
+    @Option(help: "Seed of the generators, latents and swing offsets; with the batch index it decides each batch.")
+    var seed: UInt64 = 0
+
+    @Option(help: "PNG file with a grid of up to 64 samples (default: --output/genie-samples.png).")
+    var gridPng: String?
+
+    @Option(help: "Log a progress line every N iterations when not on a terminal.")
+    var logEvery = 25
+
+    @OptionGroup var runtime: RuntimeOptions
+
+    var options: SynthesisOptions {
+        var options = SynthesisOptions()
+        options.images = images
+        options.batchSize = batchSize
+        options.iterations = iterations
+        options.seed = seed
+        return options
+    }
+
+    func validate() throws {
+        if let problem = options.problem { throw ValidationError(problem) }
+        if logEvery <= 0 { throw ValidationError("--log-every must be positive, got \(logEvery)") }
+    }
+
+    /// One: OpenBLAS's multi-threaded GEMMs round differently from its
+    /// single-threaded ones, and the images must not depend on how many ranks
+    /// share the cores. Ranks use the cores instead.
+    func defaultThreads(cores: Int, ranksOnNode: Int) -> Int { 1 }
+
+    func run(communicator: Communicator) throws {
+        let modelPath = model ?? output + "/fp32.safetensors"
+        let (teacher, file) = try loadModel(modelPath)
+        guard let dataset = file.metadata["efqat.dataset"].flatMap(DatasetFormat.init(rawValue:)) else {
+            throw RunError.invalid("\(modelPath): no known efqat.dataset in its metadata, so the image size is unknown")
+        }
+        let (height, width) = dataset.imageSize
+        let log = RunLog(active: communicator.isRoot, metricsPath: output + "/genie.jsonl")
+        if communicator.isRoot { try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true) }
+        let path = output + "/genie.safetensors"
+        let options = self.options
+        log.say("genie: \(options.images) images of \(teacher.config.inputChannels)x\(height)x\(width) for "
+                + "ResNet-\(teacher.config.depth) (\(modelPath)), \(options.batches) batches of \(options.batchSize), "
+                + "\(options.iterations) iterations each, \(communicator.size) rank(s)")
+
+        let report = try synthesizeDataset(
+            teacher: teacher, height: height, width: width, options: options, communicator: communicator,
+            path: path, metadata: ["efqat.model": file.metadata["efqat.model"] ?? "", "efqat.dataset": dataset.rawValue,
+                                   "genie.teacher": modelPath]) { event in
+            switch event {
+            case .resumed(let batches, let total):
+                log.say("resuming: \(batches) of \(total) batches are already in \(path)")
+            case .iteration(let batch, let iteration, let total, let loss):
+                log.progress("batch \(batch + 1)/\(options.batches)", done: iteration, total: total, every: logEvery,
+                             detail: String(format: "loss %.4g (batch norm %.4g, prior %.4g)",
+                                            loss.total, loss.batchNorm, loss.inputPrior))
+            case .finished(let index, let initial, let final, let seconds, let done, let total):
+                log.say(String(format: "batch %d done (%d/%d): loss %.4g -> %.4g (batch norm %.4g, prior %.4g), %.1f s",
+                               index + 1, done, total, initial.total, final.total, final.batchNorm, final.inputPrior,
+                               seconds))
+                log.record("genie_batch", [
+                    "batch": index, "loss_initial": initial.total, "loss": final.total,
+                    "loss_batch_norm": final.batchNorm, "loss_prior": final.inputPrior, "seconds": seconds,
+                ])
+            }
+        }
+        guard communicator.isRoot else { return }
+        let grid = gridPng ?? output + "/genie-samples.png"
+        let png = sampleGridPNG(images: report.images, channels: teacher.config.inputChannels, height: height,
+                                width: width)
+        guard FileManager.default.createFile(atPath: grid, contents: Data(png)) else { throw RunError.unwritable(grid) }
+        let perImage = report.synthesizedBatches > 0
+            ? report.seconds / Double(report.synthesizedBatches * options.batchSize) : 0
+        log.record("genie_summary", [
+            "images": options.images, "batches": options.batches, "resumed_batches": report.resumedBatches,
+            "seconds": report.seconds, "seconds_per_image": perImage, "world_size": communicator.size,
+            "mean_loss": report.batchLosses.reduce(0, +) / Double(max(report.batchLosses.count, 1)),
+        ])
+        log.say(String(format: "wrote %@ (%d images) and %@ in %.1f s (%.3f s per image on %d rank(s))",
+                       path, options.images, grid, report.seconds, perImage, communicator.size))
+    }
+}

@@ -124,8 +124,14 @@ struct TrainCommand: RankCommand {
     @Option(help: "Weight of the rounding regulariser of --reconstruct (Genie: 1.0, BRECQ: 0.01).")
     var roundingWeight: Float = 1.0
 
-    @Flag(inversion: .prefixedNo, help: "QDrop during --reconstruct: mix float and quantized block inputs 50/50.")
+    @Flag(inversion: .prefixedNo,
+          help: ArgumentHelp("QDrop during --reconstruct: in training iterations, elements of a block's input and of "
+                + "every quantized input inside the block take their float value instead of the quantized one."))
     var qdrop = true
+
+    @Option(help: ArgumentHelp("Probability that QDrop keeps an element in float rather than quantized "
+                + "(QDrop, Genie: 0.5; 0 quantizes every element, as --no-qdrop)."))
+    var qdropProbability = 0.5
 
     @Option(help: ArgumentHelp(
         "EfQAT: how channels are ranked by mean |w|: cwpn (all output channels of the network in one ranking), "
@@ -260,6 +266,7 @@ struct TrainCommand: RankCommand {
             reconstruction.batchSize = reconstructionBatch
             reconstruction.roundingWeight = roundingWeight
             reconstruction.qdrop = qdrop
+            reconstruction.qdropProbability = qdropProbability
             reconstruction.seed = seed
             if let problem = reconstruction.problem { throw ValidationError(problem) }
             options.reconstruction = reconstruction

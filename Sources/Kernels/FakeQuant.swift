@@ -43,13 +43,23 @@ func roundToEven(_ v: Float) -> Float {
 /// Uniform fake quantization, y = s * (clamp(round(x/s) + z, qmin, qmax) - z),
 /// on a contiguous run of `count` values sharing step `s` and zero point `z`.
 /// `z` is an integer held as Float; round is round-half-to-even like PyTorch.
+///
+/// With a `dropMask` (QDrop, one byte per value), values whose byte is not
+/// 0 skip the quantizer: y = x there.
 public func fakeQuantize(
     _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int,
-    step: Float, zeroPoint z: Float, grid: QuantGrid
+    step: Float, zeroPoint z: Float, grid: QuantGrid, dropMask: UnsafePointer<UInt8>? = nil
 ) {
     let inv = 1 / step
-    for i in 0..<count {
-        y[i] = fakeQuantize(x[i], inverseStep: inv, step: step, zeroPoint: z, grid: grid)
+    if let drop = dropMask {
+        for i in 0..<count {
+            let q = fakeQuantize(x[i], inverseStep: inv, step: step, zeroPoint: z, grid: grid)
+            y[i] = drop[i] == 0 ? q : x[i]
+        }
+    } else {
+        for i in 0..<count {
+            y[i] = fakeQuantize(x[i], inverseStep: inv, step: step, zeroPoint: z, grid: grid)
+        }
     }
 }
 
@@ -67,12 +77,15 @@ public func fakeQuantize(_ x: Float, inverseStep: Float, step: Float, zeroPoint 
 /// gradient sum(dL/dy * dy/ds), where dy/ds is round(v) - v inside the grid,
 /// qmin - z below it and qmax - z above it (v = x/s); the caller applies
 /// LSQ's gradient scale.
+///
+/// With the forward's `dropMask`, a dropped value (y = x) keeps dL/dx = dL/dy
+/// and adds nothing to the step gradient.
 @discardableResult
 public func fakeQuantizeBackward(
     _ x: UnsafePointer<Float>, gradient g: UnsafeMutablePointer<Float>, count: Int,
-    step: Float, zeroPoint z: Float, grid: QuantGrid
+    step: Float, zeroPoint z: Float, grid: QuantGrid, dropMask: UnsafePointer<UInt8>? = nil
 ) -> Float {
-    let inv = 1 / step, lo = grid.qmin, hi = grid.qmax
+    let inv = 1 / step
     let block = 1024
     return withUnsafeTemporaryAllocation(of: Float.self, capacity: block) { terms in
         let t = terms.baseAddress!
@@ -80,18 +93,38 @@ public func fakeQuantizeBackward(
         for start in stride(from: 0, to: count, by: block) {
             let n = min(block, count - start)
             let xs = x + start, gs = g + start
-            for i in 0..<n {
-                let v = xs[i] * inv
-                let r = roundToEven(v)
-                let q = r + z
-                let clamped = min(max(q, lo), hi)
-                let inside = clamped == q
-                // Below the grid clamped - z = qmin - z, above it qmax - z.
-                t[i] = gs[i] * (inside ? r - v : clamped - z)
-                gs[i] = inside ? gs[i] : 0
+            if let dropMask {
+                let drop = dropMask + start
+                for i in 0..<n {
+                    let dy = gs[i]
+                    let (ds, dx) = fakeQuantizeGradients(xs[i], dy, inverseStep: inv, zeroPoint: z, grid: grid)
+                    // A 0/1 factor, not a select (which LLVM turns into a
+                    // branch and does not vectorize); exact, as dx is dy or 0.
+                    let kept: Float = drop[i] == 0 ? 1 : 0
+                    t[i] = kept * ds
+                    gs[i] = dy + kept * (dx - dy)
+                }
+            } else {
+                for i in 0..<n {
+                    (t[i], gs[i]) = fakeQuantizeGradients(xs[i], gs[i], inverseStep: inv, zeroPoint: z, grid: grid)
+                }
             }
             total += sum(t, count: n)
         }
         return total
     }
+}
+
+/// One value's share of the backward, from x and dy = dL/dy: the step
+/// gradient term dy * dy/ds and dL/dx.
+@inline(__always)
+func fakeQuantizeGradients(_ x: Float, _ dy: Float, inverseStep: Float, zeroPoint z: Float,
+                           grid: QuantGrid) -> (step: Float, input: Float) {
+    let v = x * inverseStep
+    let r = roundToEven(v)
+    let q = r + z
+    let clamped = min(max(q, grid.qmin), grid.qmax)
+    let inside = clamped == q
+    // Below the grid clamped - z = qmin - z, above it qmax - z.
+    return (dy * (inside ? r - v : clamped - z), inside ? dy : 0)
 }

@@ -94,13 +94,15 @@ public final class Conv2d {
         return out
     }
 
-    /// The input the GEMMs read: fake-quantized when input quantization is on.
+    /// The input the GEMMs read: fake-quantized when input quantization is
+    /// on, except the elements the quantizer's QDrop mask drops.
     private func effectiveInput(_ x: FeatureMap) -> UnsafeMutablePointer<Float> {
         guard inputQuantizer.enabled else { return x.data }
         let out = quantizedInput.reserve(x.count)
         fakeQuantize(x.data, out, count: x.count,
                      step: store.parameters[inputQuantizer.step][0],
-                     zeroPoint: store.state[inputQuantizer.zeroPoint][0], grid: inputQuantizer.grid)
+                     zeroPoint: store.state[inputQuantizer.zeroPoint][0], grid: inputQuantizer.grid,
+                     dropMask: inputQuantizer.dropMask)
         return out
     }
 
@@ -228,7 +230,7 @@ public final class Conv2d {
             let ds = fakeQuantizeBackward(x.data, gradient: dx.data, count: x.count,
                                           step: params[inputQuantizer.step][0],
                                           zeroPoint: store.state[inputQuantizer.zeroPoint][0],
-                                          grid: inputQuantizer.grid)
+                                          grid: inputQuantizer.grid, dropMask: inputQuantizer.dropMask)
             let perSample = x.count / n
             grads[inputQuantizer.step][0] += inputQuantizer.grid.lsqGradientScale(elements: perSample) * ds
         }

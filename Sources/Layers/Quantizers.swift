@@ -97,6 +97,12 @@ public final class ActivationQuantizer {
     public let zeroPoint: ParameterSlot
     public var grid: QuantGrid
     public var enabled = false
+    /// QDrop (block reconstruction only): while set, the input elements
+    /// whose byte is not 0 pass unquantized, forward and backward. One byte
+    /// per element of the layer's input, laid out like its FeatureMap
+    /// (CNHW). The caller owns the bytes, sets them before the forward and
+    /// keeps them until the backward is done; nil quantizes every element.
+    public var dropMask: UnsafePointer<UInt8>?
 
     init(layer: String, store: ParameterStore) {
         step = store.register("\(layer).input_quantizer.step", shape: [1], role: .activationStep)

@@ -32,9 +32,13 @@ public struct ReconstructionOptions: Sendable, Equatable {
     /// Fraction of the iterations with the regulariser off (and beta held
     /// at `betaStart`).
     public var warmup: Double = 0.2
-    /// QDrop: each element of a unit's input comes from the floating-point
-    /// path instead of the quantized one with probability 0.5.
+    /// QDrop: during the training iterations of a unit, each element of its
+    /// input and of every quantized input inside it (each conv's input
+    /// quantizer) takes its floating-point value instead of the quantized
+    /// one with probability `qdropProbability`.
     public var qdrop = true
+    /// QDrop's drop probability (QDrop, Genie: 0.5).
+    public var qdropProbability = 0.5
     /// Learn the per-channel weight steps with V (Genie-M); false keeps
     /// the calibrated steps (AdaRound / BRECQ).
     public var learnWeightSteps = true
@@ -81,6 +85,9 @@ public struct ReconstructionOptions: Sendable, Equatable {
             return "rounding weight (lambda) must be 0 or more, got \(roundingWeight)"
         }
         if !(warmup >= 0 && warmup <= 1) { return "warm-up fraction must be in [0, 1], got \(warmup)" }
+        if !(qdropProbability >= 0 && qdropProbability <= 1) {
+            return "QDrop probability must be in [0, 1], got \(qdropProbability)"
+        }
         if !(betaStart >= 1 && betaEnd >= 1) { return "beta must stay at 1 or more, got \(betaStart) -> \(betaEnd)" }
         for (name, rate) in [("rounding", roundingLearningRate), ("weight step", weightStepLearningRate),
                              ("activation step", activationStepLearningRate)] where !(rate >= 0 && rate.isFinite) {
@@ -387,6 +394,12 @@ private final class UnitTrainer {
     let rounded: [AdaRoundWeights]
     let weightStepLayers: [Conv2d]
     let activationStepLayers: [Conv2d]
+    /// QDrop inside the unit: indices (in `unit.convolutions`) of the
+    /// convolutions whose input is quantized; empty without QDrop.
+    let droppedInputs: [Int]
+    private let coins: QDropCoins
+    private let masks: DropMasks
+    private let fpScratch = FloatBuffer()
     private var savedRows: [[Range<Int>]] = []
 
     init(unit: UnitRunner, model: ResNet, options: ReconstructionOptions, communicator: Communicator, index: Int,
@@ -403,6 +416,9 @@ private final class UnitTrainer {
         rounded = layers.filter { $0.weightQuantizer.enabled }.map { AdaRoundWeights($0, store: model.store) }
         weightStepLayers = options.learnWeightSteps ? rounded.map(\.layer) : []
         activationStepLayers = options.learnActivationSteps ? layers.filter { $0.inputQuantizer.enabled } : []
+        droppedInputs = options.qdrop ? layers.indices.filter { layers[$0].inputQuantizer.enabled } : []
+        coins = QDropCoins(seed: options.seed, unit: index, probability: options.qdropProbability)
+        masks = DropMasks(sites: layers.count + 1)
     }
 
     var weightCount: Int { rounded.reduce(0) { $0 + $1.count } }
@@ -442,6 +458,7 @@ private final class UnitTrainer {
                 let x = mixInputs
                     ? mixedInput(samples, iteration: t, into: input)
                     : quantizedInput.gather(samples, into: input)
+                dropInside(samples, iteration: t, input: x)
                 let y = unit.forward(x)
                 let goal = target.gather(samples, into: expected)
                 // L = sum over the global batch of (y - t)^2 / (B * H * W).
@@ -510,6 +527,7 @@ private final class UnitTrainer {
                 progress(it, lastLoss, roundingLoss, beta)
             }
         }
+        for l in droppedInputs { unit.convolutions[l].inputQuantizer.dropMask = nil }
         store.gradients.zero()
         return lastLoss
     }
@@ -534,29 +552,30 @@ private final class UnitTrainer {
         return changed
     }
 
-    /// The unit's input for `samples` with QDrop: element e of sample n
-    /// takes the quantized path's value where bit (e mod 64) of draw
-    /// (e / 64) of the stream (seed, unit, iteration, n) is 1, else the FP32
-    /// value; e runs over the sample's elements in (channel, y, x) order.
+    /// The unit's input for `samples` with QDrop: the quantized path's
+    /// value, or the FP32 one where site 0's coin drops the element.
     func mixedInput(_ samples: [Int], iteration: Int, into buffer: FloatBuffer) -> FeatureMap {
-        let c = fpInput.channels, plane = fpInput.plane, n = samples.count
-        let x = FeatureMap(data: buffer.reserve(n * fpInput.features), channels: c, batch: n,
-                           height: fpInput.height, width: fpInput.width)
-        for (j, sample) in samples.enumerated() {
-            var rng = SplitMix64(seed: options.seed, stream: [0x5144_524F, UInt64(index), UInt64(iteration), UInt64(sample)])
-            let fp = fpInput.sample(sample), q = quantizedInput.sample(sample)
-            var bits: UInt64 = 0
-            var e = 0
-            for channel in 0..<c {
-                let out = x.data + (channel * n + j) * plane
-                for position in 0..<plane {
-                    if e & 63 == 0 { bits = rng.next() }
-                    out[position] = (bits >> UInt64(e & 63)) & 1 == 1 ? q[e] : fp[e]
-                    e += 1
-                }
-            }
-        }
+        let x = quantizedInput.gather(samples, into: buffer), fp = fpInput.gather(samples, into: fpScratch)
+        let drop = masks.reserve(site: 0, count: x.count)
+        coins.draw(site: 0, iteration: iteration, samples: samples, channels: x.channels,
+                   pixels: x.height * x.width, into: drop)
+        for i in 0..<x.count where drop[i] != 0 { x.data[i] = fp.data[i] }
         return x
+    }
+
+    /// QDrop inside the unit: draws the masks of the quantized inputs of
+    /// this iteration's forward (unit input `x`) and hands them to the
+    /// input quantizers.
+    func dropInside(_ samples: [Int], iteration: Int, input x: FeatureMap) {
+        guard !droppedInputs.isEmpty else { return }
+        let shapes = unit.convolutionInputs(for: x)
+        for l in droppedInputs {
+            let (channels, pixels) = shapes[l]
+            let mask = masks.reserve(site: l + 1, count: samples.count * channels * pixels)
+            coins.draw(site: l + 1, iteration: iteration, samples: samples, channels: channels, pixels: pixels,
+                       into: mask)
+            unit.convolutions[l].inputQuantizer.dropMask = UnsafePointer(mask)
+        }
     }
 }
 
@@ -595,6 +614,71 @@ private struct BatchSampler {
             epoch = e
         }
         return Array(order[(j * batch)..<((j + 1) * batch)])
+    }
+}
+
+// MARK: QDrop masks
+
+/// QDrop's coin flips: which elements of a feature map take their
+/// floating-point value instead of the quantized one ("drop"), each with
+/// probability p. Element e of sample n, in (channel, y, x) order, is
+/// dropped when the e-th 16-bit chunk of the stream
+/// `SplitMix64(seed, [0x5144524F, unit, site, iteration, n])` (4 chunks per
+/// draw, low bits first) is below p * 2^16. A sample's coins therefore do
+/// not depend on the batch it is in, on the rank that runs it, or on the
+/// number of ranks.
+public struct QDropCoins: Sendable {
+    public let seed: UInt64
+    public let unit: Int
+    /// p * 2^16, rounded.
+    public let threshold: UInt32
+
+    public init(seed: UInt64, unit: Int, probability: Double) {
+        precondition(probability >= 0 && probability <= 1, "QDrop probability must be in [0, 1], got \(probability)")
+        self.seed = seed
+        self.unit = unit
+        threshold = UInt32((probability * 65536).rounded())
+    }
+
+    /// Writes the masks of `samples` (calibration sample indices) as one
+    /// CNHW batch of `channels` x `pixels` per sample: 1 where the element is
+    /// dropped, else 0. Site 0 is the unit's input, site l + 1 the input of
+    /// the unit's convolution l.
+    public func draw(site: Int, iteration: Int, samples: [Int], channels: Int, pixels: Int,
+                     into mask: UnsafeMutablePointer<UInt8>) {
+        let n = samples.count
+        for (j, sample) in samples.enumerated() {
+            var rng = SplitMix64(seed: seed, stream: [0x5144_524F, UInt64(unit), UInt64(site), UInt64(iteration),
+                                                      UInt64(sample)])
+            var bits: UInt64 = 0
+            var e = 0
+            for channel in 0..<channels {
+                let out = mask + (channel * n + j) * pixels
+                for position in 0..<pixels {
+                    if e & 3 == 0 { bits = rng.next() }
+                    out[position] = UInt32(bits & 0xFFFF) < threshold ? 1 : 0
+                    bits >>= 16
+                    e += 1
+                }
+            }
+        }
+    }
+}
+
+/// One byte buffer per QDrop site of a unit, grown to the largest batch seen.
+private final class DropMasks {
+    private var masks: [UnsafeMutableBufferPointer<UInt8>]
+
+    init(sites: Int) { masks = Array(repeating: UnsafeMutableBufferPointer(start: nil, count: 0), count: sites) }
+
+    deinit { for mask in masks { mask.deallocate() } }
+
+    func reserve(site: Int, count: Int) -> UnsafeMutablePointer<UInt8> {
+        if masks[site].count < count {
+            masks[site].deallocate()
+            masks[site] = .allocate(capacity: count)
+        }
+        return masks[site].baseAddress!
     }
 }
 
@@ -698,6 +782,19 @@ final class UnitRunner {
     var isHead: Bool {
         if case .head = body { return true }
         return false
+    }
+
+    /// The per-sample shape of each convolution's input, in `convolutions`
+    /// order, when the unit's input is `x`.
+    func convolutionInputs(for x: FeatureMap) -> [(channels: Int, pixels: Int)] {
+        let input = (channels: x.channels, pixels: x.height * x.width)
+        switch body {
+        case .stem, .head:
+            return [input]
+        case .block(let block):
+            let hidden = (channels: block.conv2.inChannels, pixels: block.conv1.geometry(for: x).outPixels)
+            return [input, hidden] + (block.downsample == nil ? [] : [input])
+        }
     }
 
     func forward(_ x: FeatureMap) -> FeatureMap {

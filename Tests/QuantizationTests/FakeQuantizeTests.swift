@@ -121,39 +121,89 @@ final class FakeQuantizeTests: XCTestCase {
     ///
     /// F's true derivative is round(v) inside the range (and qmin - z, qmax - z
     /// outside); LSQ passes round() straight through, which adds -v inside:
-    /// step gradient = dF/ds - sum over inside values of dy * v.
+    /// step gradient = dF/ds - sum over inside values of dy * v. With a QDrop
+    /// mask, dropped values (y = x) do not depend on s at all.
     func testStepGradientAgainstFiniteDifference() {
         var rng = SplitMix64(seed: 4)
         for (grid, z) in grids where grid.bits <= 4 {
-            let step: Float = 0.25
-            var x: [Float] = []
-            for _ in 0..<41 {
-                switch rng.nextIndex(below: 4) {
-                case 0:  // below the range by at least one step
-                    x.append(step * (grid.qmin - z - 1 - 3 * rng.nextUniform()))
-                case 1:  // above it
-                    x.append(step * (grid.qmax - z + 1 + 3 * rng.nextUniform()))
-                default:  // inside, within 0.25 of a grid point
-                    let k = grid.qmin - z + Float(rng.nextIndex(below: Int(grid.qmax - grid.qmin) + 1))
-                    x.append(step * (k + 0.5 * rng.nextUniform() - 0.25))
+            for masked in [false, true] {
+                let step: Float = 0.25
+                var x: [Float] = []
+                for _ in 0..<41 {
+                    switch rng.nextIndex(below: 4) {
+                    case 0:  // below the range by at least one step
+                        x.append(step * (grid.qmin - z - 1 - 3 * rng.nextUniform()))
+                    case 1:  // above it
+                        x.append(step * (grid.qmax - z + 1 + 3 * rng.nextUniform()))
+                    default:  // inside, within 0.25 of a grid point
+                        let k = grid.qmin - z + Float(rng.nextIndex(below: Int(grid.qmax - grid.qmin) + 1))
+                        x.append(step * (k + 0.5 * rng.nextUniform() - 0.25))
+                    }
                 }
+                let dy = uniformValues(x.count, &rng)
+                let mask = masked ? randomDropMask(x.count, &rng) : nil
+                func F(_ s: Float) -> Double {
+                    zip(fakeQuantized(x, step: s, zeroPoint: z, grid: grid, dropMask: mask), dy)
+                        .reduce(0) { $0 + Double($1.0) * Double($1.1) }
+                }
+                // |v| <= 16, so v moves by at most 16/64 = 0.25 over s +- h: no
+                // value crosses a rounding or clamping boundary.
+                let h: Float = 1.0 / 256
+                let derivative = (F(step + h) - F(step - h)) / (Double(step + h) - Double(step - h))
+                var g = dy
+                let stepGradient = fakeQuantizeBackward(x, gradient: &g, step: step, zeroPoint: z, grid: grid,
+                                                        dropMask: mask)
+                var straightThrough: Double = 0
+                for i in x.indices where (mask?[i] ?? 0) == 0 {
+                    let p = GridPosition(x[i], step: step, zeroPoint: z, grid: grid)
+                    if p.place == .inside { straightThrough += Double(dy[i]) * p.v }
+                }
+                assertClose(Double(stepGradient), derivative - straightThrough, tolerance: 1e-5,
+                            "\(grid) z \(z) masked \(masked)")
             }
-            let dy = uniformValues(x.count, &rng)
-            func F(_ s: Float) -> Double {
-                zip(fakeQuantized(x, step: s, zeroPoint: z, grid: grid), dy).reduce(0) { $0 + Double($1.0) * Double($1.1) }
+        }
+    }
+
+    /// QDrop: where the mask byte is not 0 the value skips the quantizer,
+    /// y = x, dL/dx = dL/dy and no share of the step gradient; elsewhere
+    /// the unmasked kernels' results, bit for bit.
+    func testDropMask() {
+        var rng = SplitMix64(seed: 5)
+        for (grid, z) in grids {
+            let step: Float = 0.1
+            let lo = step * (grid.qmin - z), hi = step * (grid.qmax - z)
+            for count in counts {
+                let x = uniformValues(count, &rng, range: (lo - 0.5)...(hi + 0.5))
+                let dy = uniformValues(count, &rng)
+                let mask = randomDropMask(count, &rng)
+                let label = "\(grid) z \(z) count \(count)"
+
+                let quantized = fakeQuantized(x, step: step, zeroPoint: z, grid: grid)
+                let y = fakeQuantized(x, step: step, zeroPoint: z, grid: grid, dropMask: mask)
+                XCTAssertEqual(y, x.indices.map { mask[$0] == 0 ? quantized[$0] : x[$0] }, "forward, \(label)")
+
+                var dx = dy
+                let stepGradient = fakeQuantizeBackward(x, gradient: &dx, step: step, zeroPoint: z, grid: grid,
+                                                        dropMask: mask)
+                // The reference on the kept values alone.
+                let kept = x.indices.filter { mask[$0] == 0 }
+                let expected = referenceBackward(kept.map { x[$0] }, kept.map { dy[$0] }, step: step, zeroPoint: z,
+                                                 grid: grid)
+                assertClose(Double(stepGradient), expected.stepGradient, tolerance: 1e-5, label)
+                var expectedDx = dy
+                for (k, i) in kept.enumerated() { expectedDx[i] = expected.dx[k] }
+                XCTAssertEqual(dx, expectedDx, "dx, \(label)")
+
+                // An all-keep mask is the unmasked kernel.
+                let keepAll = [UInt8](repeating: 0, count: count)
+                XCTAssertEqual(fakeQuantized(x, step: step, zeroPoint: z, grid: grid, dropMask: keepAll), quantized, label)
+                var plain = dy, masked = dy
+                let plainStep = fakeQuantizeBackward(x, gradient: &plain, step: step, zeroPoint: z, grid: grid)
+                let maskedStep = fakeQuantizeBackward(x, gradient: &masked, step: step, zeroPoint: z, grid: grid,
+                                                      dropMask: keepAll)
+                XCTAssertEqual(maskedStep, plainStep, label)
+                XCTAssertEqual(masked, plain, label)
             }
-            // |v| <= 16, so v moves by at most 16/64 = 0.25 over s +- h: no
-            // value crosses a rounding or clamping boundary.
-            let h: Float = 1.0 / 256
-            let derivative = (F(step + h) - F(step - h)) / (Double(step + h) - Double(step - h))
-            var g = dy
-            let stepGradient = fakeQuantizeBackward(x, gradient: &g, count: x.count, step: step, zeroPoint: z, grid: grid)
-            var straightThrough: Double = 0
-            for i in x.indices {
-                let p = GridPosition(x[i], step: step, zeroPoint: z, grid: grid)
-                if p.place == .inside { straightThrough += Double(dy[i]) * p.v }
-            }
-            assertClose(Double(stepGradient), derivative - straightThrough, tolerance: 1e-5, "\(grid) z \(z)")
         }
     }
 }

@@ -311,9 +311,11 @@ final class ReconstructionTests: XCTestCase {
         zip(a, b).reduce(0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) } / Double(a.count)
     }
 
-    /// Reconstruction lowers every block's output error against the FP32
-    /// target below round-to-nearest with min-max steps, and the logits'
-    /// error too; afterwards every weight sits on its (learned) grid.
+    /// Reconstruction (with QDrop at the units' inputs and inside them, the
+    /// default) lowers every block's output error against the FP32 target
+    /// below round-to-nearest with min-max steps, and the logits' error too;
+    /// afterwards every weight sits on its (learned) grid and no QDrop mask
+    /// is left on a quantizer.
     func testReconstructionBeatsRoundToNearest() {
         let policy = QuantizationPolicy(weightBits: 2, activationBits: 4)
         let fixture = Fixture()
@@ -343,6 +345,7 @@ final class ReconstructionTests: XCTestCase {
         let store = fixture.model.store
         for layer in fixture.model.layers {
             XCTAssertNil(layer.weightQuantizer.softRounding, layer.name)
+            XCTAssertNil(layer.inputQuantizer.dropMask, layer.name)
             XCTAssert(layer.weightQuantizer.enabled, layer.name)
             let w = store.parameters[layer.weight], steps = store.parameters[layer.weightQuantizer.step]
             let K = layer.weight.rowLength, grid = layer.weightQuantizer.grid
@@ -398,6 +401,80 @@ final class ReconstructionTests: XCTestCase {
             XCTAssertEqual(Double(a.changedRoundings), Double(b.changedRoundings),
                            accuracy: max(2, Double(b.changedRoundings) / 50), a.name)
         }
+    }
+
+    /// QDrop inside a unit. The stem has no input mix (its FP32 and quantized
+    /// inputs are the same images), so with its input quantized, anything
+    /// QDrop changes in the stem comes from the masks of conv1's input
+    /// quantizer. Probability 0 is no QDrop, bit for bit.
+    func testQDropInsideTheUnit() {
+        var policy = QuantizationPolicy(weightBits: 2, activationBits: 4)
+        policy.firstLayer = LayerBits(weight: 4, activation: 4)
+        var options = Self.options()
+        options.iterations = 60
+        var off = options, never = options
+        off.qdrop = false
+        never.qdropProbability = 0
+        let on = Self.run(policy, options, SingleProcessCommunicator())
+        let withoutQDrop = Self.run(policy, off, SingleProcessCommunicator())
+        XCTAssertEqual(Self.run(policy, never, SingleProcessCommunicator()).parameters, withoutQDrop.parameters,
+                       "probability 0 is no QDrop")
+
+        let stem = Fixture().model.conv1
+        func stemParameters(_ all: [Float]) -> [[Float]] {
+            [stem.weight, stem.weightQuantizer.step, stem.inputQuantizer.step].map { Array(all[$0.range]) }
+        }
+        XCTAssertNotEqual(stemParameters(on.parameters), stemParameters(withoutQDrop.parameters),
+                          "QDrop inside the stem changes its reconstruction")
+        for unit in on.report.units where unit.name.hasPrefix("layer") {
+            XCTAssertLessThan(unit.errorAfter, unit.errorBefore, "\(unit.name): \(unit.errorBefore) -> \(unit.errorAfter)")
+        }
+    }
+
+    /// QDrop's coins depend on the sample alone: a batch's masks are those of
+    /// any split of it into parts (as over ranks), interleaved in CNHW
+    /// order. About a fraction p is dropped, and each site, iteration, unit
+    /// and seed draws other coins.
+    func testQDropCoinsDependOnlyOnTheSample() {
+        let (channels, pixels) = (3, 37)
+        func draw(_ samples: [Int], site: Int = 1, iteration: Int = 7, unit: Int = 2, seed: UInt64 = 3,
+                  probability: Double = 0.5) -> [UInt8] {
+            var mask = [UInt8](repeating: 9, count: samples.count * channels * pixels)
+            let coins = QDropCoins(seed: seed, unit: unit, probability: probability)
+            mask.withUnsafeMutableBufferPointer {
+                coins.draw(site: site, iteration: iteration, samples: samples, channels: channels, pixels: pixels,
+                           into: $0.baseAddress!)
+            }
+            return mask
+        }
+        let samples = [5, 17, 2, 40, 11, 0, 33]
+        let whole = draw(samples)
+        for cut in 1..<samples.count {
+            for part in [Array(samples[..<cut]), Array(samples[cut...])] {
+                let mask = draw(part)
+                for (j, sample) in part.enumerated() {
+                    let k = samples.firstIndex(of: sample)!
+                    for c in 0..<channels {
+                        let row = (c * part.count + j) * pixels, wholeRow = (c * samples.count + k) * pixels
+                        XCTAssertEqual(mask[row..<(row + pixels)], whole[wholeRow..<(wholeRow + pixels)],
+                                       "sample \(sample), channel \(c), cut at \(cut)")
+                    }
+                }
+            }
+        }
+
+        let many = Array(0..<64)
+        for p in [0.0, 0.25, 0.5, 0.9, 1.0] {
+            let mask = draw(many, probability: p)
+            XCTAssert(mask.allSatisfy { $0 <= 1 }, "bytes are 0 or 1")
+            let fraction = Double(mask.reduce(0) { $0 + Int($1) }) / Double(mask.count)
+            XCTAssertEqual(fraction, p, accuracy: 0.02, "dropped fraction at p = \(p)")
+        }
+        let reference = draw(many)
+        XCTAssertNotEqual(draw(many, site: 2), reference, "site")
+        XCTAssertNotEqual(draw(many, iteration: 8), reference, "iteration")
+        XCTAssertNotEqual(draw(many, unit: 3), reference, "unit")
+        XCTAssertNotEqual(draw(many, seed: 4), reference, "seed")
     }
 
     /// Quantizes and reconstructs a fresh fixture; returns every parameter.

@@ -38,11 +38,36 @@ func assertClose(_ a: Double, _ b: Double, tolerance: Double, _ message: @autocl
     XCTAssert(abs(a - b) <= tolerance * max(1, abs(a), abs(b)), "\(a) vs \(b) \(message())", file: file, line: line)
 }
 
-/// `fakeQuantize` of an array, returning a new array.
-func fakeQuantized(_ x: [Float], step: Float, zeroPoint: Float = 0, grid: QuantGrid) -> [Float] {
+/// `fakeQuantize` of an array (with a QDrop mask if given), returning a new array.
+func fakeQuantized(_ x: [Float], step: Float, zeroPoint: Float = 0, grid: QuantGrid, dropMask: [UInt8]? = nil) -> [Float] {
     var y = [Float](repeating: .nan, count: x.count)
-    y.withUnsafeMutableBufferPointer { fakeQuantize(x, $0.baseAddress!, count: x.count, step: step, zeroPoint: zeroPoint, grid: grid) }
+    y.withUnsafeMutableBufferPointer { out in
+        withOptionalPointer(dropMask) { drop in
+            fakeQuantize(x, out.baseAddress!, count: x.count, step: step, zeroPoint: zeroPoint, grid: grid, dropMask: drop)
+        }
+    }
     return y
+}
+
+/// `fakeQuantizeBackward` on arrays: dL/dx replaces `gradient`; returns the step gradient.
+@discardableResult
+func fakeQuantizeBackward(_ x: [Float], gradient: inout [Float], step: Float, zeroPoint: Float, grid: QuantGrid,
+                          dropMask: [UInt8]? = nil) -> Float {
+    withOptionalPointer(dropMask) { drop in
+        fakeQuantizeBackward(x, gradient: &gradient, count: x.count, step: step, zeroPoint: zeroPoint, grid: grid,
+                             dropMask: drop)
+    }
+}
+
+/// Calls `body` with a pointer to the bytes of `array`, or nil.
+func withOptionalPointer<R>(_ array: [UInt8]?, _ body: (UnsafePointer<UInt8>?) -> R) -> R {
+    guard let array else { return body(nil) }
+    return array.withUnsafeBufferPointer { body($0.baseAddress!) }
+}
+
+/// QDrop bytes: 0 (keep) or a nonzero value (drop) with probability 1/2.
+func randomDropMask(_ count: Int, _ rng: inout SplitMix64) -> [UInt8] {
+    (0..<count).map { _ in rng.nextIndex(below: 2) == 0 ? 0 : UInt8(1 + rng.nextIndex(below: 255)) }
 }
 
 /// Where a value falls on the grid and the derivative of its fake-quantized

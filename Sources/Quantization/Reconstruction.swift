@@ -833,7 +833,7 @@ final class UnitRunner {
         case .block(let block):
             let y = outputMap!
             let dSum = y.like(gradientA)
-            for i in 0..<y.count { dSum.data[i] = y.data[i] > 0 ? dy.data[i] : 0 }
+            for i in 0..<y.count { dSum.data[i] = dy.data[i] * (y.data[i] > 0 ? 1 : 0) }
             let dz2 = y.like(gradientB)
             scale(dSum, by: block.bn2, mask: nil, into: dz2)
             let dh = block.conv2.backward(dz2)
@@ -861,7 +861,7 @@ final class UnitRunner {
             let src = dy.data + c * m, dst = out.data + c * m
             if let mask {
                 let keep = mask.data + c * m
-                for i in 0..<m { dst[i] = keep[i] > 0 ? src[i] * a : 0 }
+                for i in 0..<m { dst[i] = src[i] * (keep[i] > 0 ? a : 0) }
             } else {
                 for i in 0..<m { dst[i] = src[i] * a }
             }

@@ -142,9 +142,12 @@ final class ResumeTests: XCTestCase {
         return resumed
     }
 
-    // MARK: --resume auto skips damaged checkpoints
+    // MARK: --resume auto skips damaged checkpoints; only rank 0 needs them
 
-    func testAutoResumeSkipsDamagedCheckpoints() throws {
+    /// Rank 1 runs in another folder, where the relative `--output` does
+    /// not exist (as on another machine's local disk): it gets the
+    /// checkpoint from rank 0.
+    func testAutoResumeSkipsDamagedCheckpointsOnRankZerosDiskOnly() throws {
         let original = try uninterrupted().output
         let output = "\(Self.runs.folder)/damaged"
         try FileManager.default.copyItem(atPath: original, toPath: output)
@@ -155,13 +158,20 @@ final class ResumeTests: XCTestCase {
         try flipByte(in: output + "/" + names[2], fromEnd: 100)        // checksum mismatch
         try truncate(output + "/" + names[1], by: 1000)                // truncated
 
-        let resumed = try Jobs.mpi(ranks: 2, try options(output: output) + ["--resume", "auto"],
-                                   marker: Self.runs.folder, folder: Self.runs.folder, timeout: Self.runTimeout)
+        let otherDisk = "\(Self.runs.folder)/other-disk"
+        try FileManager.default.createDirectory(atPath: otherDisk, withIntermediateDirectories: true)
+        // The data through a link in the runs' folder, so that the ranks' command lines hold the marker.
+        let data = "\(Self.runs.folder)/data"
+        try? FileManager.default.createSymbolicLink(atPath: data, withDestinationPath: try Locations.mnistFolder())
+        let arguments = try options(output: "damaged") + ["--data-dir", data, "--resume", "auto"]
+        let resumed = try Jobs.mpi(rankFolders: [Self.runs.folder, otherDisk], arguments, marker: Self.runs.folder,
+                                   folder: Self.runs.folder, timeout: Self.runTimeout)
         try assertSucceeded(resumed)
         XCTAssertEqual(resumed.occurrences(of: "warning: --resume auto: skipping"), 2, resumed.report)
         XCTAssertEqual(resumed.occurrences(of: "checksum mismatch"), 1, resumed.report)
         XCTAssertEqual(resumed.occurrences(of: "truncated"), 1, resumed.report)
-        XCTAssertTrue(resumed.stdout.contains("resuming from \(output)/\(names[0])"), resumed.report)
+        XCTAssertTrue(resumed.stdout.contains("resuming from damaged/\(names[0])"), resumed.report)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: otherDisk), [], "rank 1 writes nothing")
         try assertBitwiseEqual(original, output)
     }
 

@@ -133,12 +133,31 @@ enum Jobs {
     /// rank and ranks that yield their core while they wait.
     static func mpi(ranks: Int, _ arguments: [String], marker: String, folder: String,
                     timeout: TimeInterval, while monitor: () -> Void = {}) throws -> JobResult {
+        try mpi(contexts: [["-n", String(ranks)]], arguments, marker: marker, folder: folder, timeout: timeout,
+                while: monitor)
+    }
+
+    /// One rank per folder, each started in its own folder (`-wdir`), so a
+    /// relative `--output` names another folder on every rank, as on
+    /// machines with local disks. `folder` holds the job's output files.
+    static func mpi(rankFolders: [String], _ arguments: [String], marker: String, folder: String,
+                    timeout: TimeInterval) throws -> JobResult {
+        try mpi(contexts: rankFolders.map { ["-n", "1", "-wdir", $0] }, arguments, marker: marker, folder: folder,
+                timeout: timeout)
+    }
+
+    /// mpirun with the flags above and one application context (mpirun's
+    /// `-n N [-wdir F] program arguments`, joined by `:`) per element of
+    /// `contexts`, each running efqat-train with `arguments`.
+    private static func mpi(contexts: [[String]], _ arguments: [String], marker: String, folder: String,
+                            timeout: TimeInterval, while monitor: () -> Void = {}) throws -> JobResult {
         let binary = try Locations.trainBinary()
         let mpirun = try Locations.mpirun()
-        let flags = ["-n", String(ranks), "--oversubscribe", "--bind-to", "none",
+        let flags = ["--oversubscribe", "--bind-to", "none",
                      "-x", "OPENBLAS_NUM_THREADS", "-x", "OMPI_MCA_mpi_yield_when_idle", "-x", "EFQAT_PROGRESS"]
+        let applications = Array(contexts.map { $0 + [binary] + arguments }.joined(separator: [":"]))
         let env = environment(extra: ["OPENBLAS_NUM_THREADS": "1", "OMPI_MCA_mpi_yield_when_idle": "1"])
-        return try run(mpirun, flags + [binary] + arguments, marker: marker, binary: binary, folder: folder,
+        return try run(mpirun, flags + applications, marker: marker, binary: binary, folder: folder,
                        environment: env, timeout: timeout, while: monitor)
     }
 

@@ -13,13 +13,14 @@ import Glibc
 /// ranks resumes on 2 ranks and on 1 process with the same micro-batches
 /// and ends within float tolerance (the all-reduce of 4 ranks adds the
 /// micro-batch gradients in another order). Damaged checkpoints are
-/// skipped by `--resume auto` and refused by `--resume PATH`, as are
-/// checkpoints of another run; an unwritable or full output folder stops
-/// the job with one clear error and keeps the last checkpoint.
+/// skipped by `--resume auto` (which needs them on rank 0's disk only) and
+/// refused by `--resume PATH`, as are checkpoints of another run; an
+/// unwritable or full output folder stops the job with one clear error and
+/// keeps the last checkpoint.
 ///
 /// Every run is 8 FP32 and 16 QAT steps (512 samples, batch 64) or part of
 /// it, checkpointed every 4 steps, with EfQAT re-ranking every 6 steps, so
-/// resumed QAT runs re-rank after their checkpoint. About 3 minutes on 2
+/// resumed QAT runs re-rank after their checkpoint. About 2 minutes on 2
 /// cores.
 final class ResumeTests: XCTestCase {
     /// A killed job must be over within this time of the kill.

@@ -113,16 +113,21 @@ public struct CheckpointFolder: Sendable {
     /// folder (it is made if missing): better at the start than at the
     /// first save, an epoch later.
     public func checkWritable() throws {
+        // mkdir -p, by hand: Foundation's errors do not say what went wrong.
+        var folder = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            folder += "/" + component
+            guard mkdir(folder, 0o755) == 0 || errno == EEXIST else {
+                throw RunError.invalid("cannot make the output folder \(path): \(String(cString: strerror(errno)))")
+            }
+        }
         let probe = path + "/.efqat-write-probe"
         do {
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
             try SafeTensorsFile().write(to: probe)
-            try FileManager.default.removeItem(atPath: probe)
         } catch let error as CheckpointError {
             throw RunError.invalid("output folder \(path) is not writable: \(error.reason)")
-        } catch {
-            throw RunError.invalid("output folder \(path) is not usable: \(error.localizedDescription)")
         }
+        unlink(probe)
     }
 
     /// `.checkpoint-….safetensors.tmp-<pid>` files that a killed save left.

@@ -264,7 +264,7 @@ final class ResumeTests: XCTestCase {
         let output = try mountedFolder("read-only", options: "size=8m")
         try FileManager.default.copyItem(atPath: checkpoint, toPath: output + "/checkpoint-qat-e0001-s000004.safetensors")
         let before = try Data(contentsOf: URL(fileURLWithPath: checkpoint))
-        try mount(["-o", "remount,ro", output])
+        try Self.command("/bin/mount", ["-o", "remount,ro", output])
         let job = try Jobs.mpi(ranks: 2, try options(output: output) + ["--resume", "auto"],
                                marker: Self.runs.folder, folder: Self.runs.folder, timeout: 60)
         XCTAssertNotEqual(job.status, 0, job.report)
@@ -281,17 +281,17 @@ final class ResumeTests: XCTestCase {
         guard getuid() == 0 else { throw XCTSkip("mounting a tmpfs needs root (CI runs as root)") }
         let folder = "\(Self.runs.folder)/\(name)-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        do { try mount(["-t", "tmpfs", "-o", options, "tmpfs", folder]) } catch {
+        do { try Self.command("/bin/mount", ["-t", "tmpfs", "-o", options, "tmpfs", folder]) } catch {
             throw XCTSkip("cannot mount a tmpfs here: \(error)")
         }
-        addTeardownBlock { _ = try? self.mount(["--lazy-umount", folder], command: "/bin/umount") }
+        addTeardownBlock { XCTAssertNoThrow(try Self.command("/bin/umount", ["--lazy", folder])) }
         return folder
     }
 
-    @discardableResult
-    private func mount(_ arguments: [String], command: String = "/bin/mount") throws -> String {
+    /// Runs a system command, throwing its output if it fails.
+    private static func command(_ executable: String, _ arguments: [String]) throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: command)
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         let pipe = Pipe()
         process.standardOutput = pipe
@@ -300,9 +300,8 @@ final class ResumeTests: XCTestCase {
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         guard process.terminationStatus == 0 else {
-            throw SetupError("\(command) \(arguments.joined(separator: " ")): \(output)")
+            throw SetupError("\(executable) \(arguments.joined(separator: " ")): \(output)")
         }
-        return output
     }
 
     // MARK: Helpers

@@ -30,6 +30,13 @@ public struct SafeTensorsFile: Equatable, Sendable {
 
     /// Reads and verifies the checkpoint at `path`.
     public static func read(from path: String) throws -> SafeTensorsFile {
-        try SafeTensorsFile(decoding: PosixFile.readAll(path), path: path)
+        try SafeTensorsFile(decoding: readBytes(from: path), path: path)
+    }
+
+    /// The file's bytes as they are, unverified: for handing a checkpoint
+    /// to processes that cannot open it themselves (another machine's
+    /// disk), which then verify it with `init(decoding:path:)`.
+    public static func readBytes(from path: String) throws -> [UInt8] {
+        try PosixFile.readAll(path)
     }
 }

@@ -49,9 +49,9 @@ extension SafeTensorsFile {
         return [length + header] + tensors.map(\.bytes)
     }
 
-    /// Parses and verifies a whole file's bytes; `path` only names the file
-    /// in errors.
-    init(decoding bytes: [UInt8], path: String) throws {
+    /// Parses and verifies a whole file's bytes, as `read(from:)` does;
+    /// `path` only names the file in errors.
+    public init(decoding bytes: [UInt8], path: String) throws {
         func failure(_ reason: CheckpointError.Reason) -> CheckpointError {
             CheckpointError(path: path, reason: reason)
         }

@@ -68,13 +68,20 @@ extension Communicator {
     public func broadcast(_ array: inout [Int64], root: Int = 0) {
         array.withUnsafeMutableBytes { broadcast($0, root: root) }
     }
-    /// Broadcasts a string from `root` (length first, then the bytes).
+    /// Broadcasts a string from `root`.
     public func broadcast(_ text: String, root: Int = 0) -> String {
-        var length = [Int64(text.utf8.count)]
+        String(decoding: broadcast(Array(text.utf8), root: root) ?? [], as: UTF8.self)
+    }
+    /// Broadcasts bytes, or their absence (nil), from `root`: the length
+    /// first (-1 for nil), then the bytes. Other ranks' `bytes` are ignored;
+    /// every rank returns root's.
+    public func broadcast(_ bytes: [UInt8]?, root: Int = 0) -> [UInt8]? {
+        var length = [Int64(bytes?.count ?? -1)]
         broadcast(&length, root: root)
-        var bytes = rank == root ? Array(text.utf8) : [UInt8](repeating: 0, count: Int(length[0]))
-        bytes.withUnsafeMutableBytes { broadcast($0, root: root) }
-        return String(decoding: bytes, as: UTF8.self)
+        guard length[0] >= 0 else { return nil }
+        var received = rank == root ? bytes ?? [] : [UInt8](repeating: 0, count: Int(length[0]))
+        received.withUnsafeMutableBytes { broadcast($0, root: root) }
+        return received
     }
 }
 

@@ -22,8 +22,9 @@ struct TrainCommand: RankCommand {
         The global batch is cut into (ranks x --accumulation) equal micro-batches, so the data order \
         and the result do not depend on the number of ranks.
 
-        Outputs in --output: fp32.safetensors (the FP32 model), checkpoint.safetensors (resumable), \
-        final.safetensors (the quantized model with its quantizer steps), metrics.jsonl and summary.txt.
+        Outputs in --output: fp32.safetensors (the FP32 model), checkpoint-<phase>-e<epoch>-s<step>.safetensors \
+        (resumable; the newest --keep-checkpoints are kept), final.safetensors (the quantized model with its \
+        quantizer steps), metrics.jsonl and summary.txt.
         """)
 
     @Option(help: "Data set format: \(DatasetFormat.allCases.map(\.rawValue).joined(separator: ", ")).")
@@ -163,7 +164,9 @@ struct TrainCommand: RankCommand {
     @Option(help: "Seed of initialisation, data order and calibration subset.")
     var seed: UInt64 = 0
 
-    @Option(help: "Continue from a checkpoint: a path, or 'auto' for --output/checkpoint.safetensors.")
+    @Option(help: ArgumentHelp("Continue from a checkpoint: a path, or 'auto' for the newest checkpoint in --output "
+                               + "that verifies (damaged ones are skipped with a warning; none: start afresh).",
+                               valueName: "path|auto"))
     var resume: String?
 
     @Flag(help: "Train a new FP32 model even if --output holds one.")
@@ -171,6 +174,9 @@ struct TrainCommand: RankCommand {
 
     @Option(help: "Also checkpoint every N steps (0: at the end of each epoch only).")
     var checkpointEvery = 0
+
+    @Option(help: "Checkpoints kept in --output: the newest K; older ones are deleted once a new one is on disk.")
+    var keepCheckpoints = 3
 
     @OptionGroup var runtime: RuntimeOptions
 
@@ -185,7 +191,8 @@ struct TrainCommand: RankCommand {
             throw ValidationError("\(name) must be 0 or more, got \(value)")
         }
         for (name, value) in [("--batch-size", batchSize), ("--accumulation", accumulation), ("--width", width),
-                              ("--calibration-samples", calibrationSamples)] where value <= 0 {
+                              ("--calibration-samples", calibrationSamples), ("--keep-checkpoints", keepCheckpoints)]
+            where value <= 0 {
             throw ValidationError("\(name) must be positive, got \(value)")
         }
         for (name, value) in [("--weight-bits", weightBits), ("--activation-bits", activationBits)] where !(2...8).contains(value) {
@@ -276,6 +283,7 @@ struct TrainCommand: RankCommand {
         options.resume = resume
         options.retrainFP32 = retrainFP32
         options.checkpointEvery = checkpointEvery
+        options.keepCheckpoints = keepCheckpoints
         options.injectFailure = try failure()
         options.trainSamples = trainSamples
         return options

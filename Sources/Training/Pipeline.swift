@@ -35,6 +35,8 @@ public struct PipelineOptions: Sendable {
     public var retrainFP32 = false
     /// Also checkpoint every N steps (0: only at epoch ends).
     public var checkpointEvery = 0
+    /// Run checkpoints kept in the output folder (the newest ones).
+    public var keepCheckpoints = 3
     /// Train on a seeded random subset of this many samples (nil: all).
     public var trainSamples: Int?
     /// Testing aid: this rank fails at this QAT step.
@@ -76,7 +78,9 @@ public final class Pipeline {
         log = RunLog(active: communicator.isRoot, metricsPath: options.outputDirectory + "/metrics.jsonl")
     }
 
-    private var checkpointPath: String { options.outputDirectory + "/checkpoint.safetensors" }
+    private var checkpoints: CheckpointFolder {
+        CheckpointFolder(path: options.outputDirectory, keep: options.keepCheckpoints)
+    }
     private var fp32Path: String { options.outputDirectory + "/fp32.safetensors" }
     private var finalPath: String { options.outputDirectory + "/final.safetensors" }
 
@@ -86,6 +90,7 @@ public final class Pipeline {
         if let failure = options.injectFailure, failure.rank >= communicator.size {
             throw RunError.invalid("--inject-failure: rank \(failure.rank) does not exist in a job of \(communicator.size)")
         }
+        if communicator.isRoot { try checkpoints.checkWritable() }
         var (train, test) = try options.dataset.load(from: options.dataDirectory)
         if let limit = options.trainSamples, limit < train.count {
             var rng = SplitMix64(seed: options.fp32.seed, stream: [0x5355_4253])
@@ -103,12 +108,9 @@ public final class Pipeline {
         log.say("efqat-train: ResNet-\(config.depth) on \(options.dataset.rawValue) (\(train.count) train, \(test.count) test), "
                 + "\(communicator.size) rank(s), global batch \(options.qat.globalBatch)")
 
-        let resumed = try loadResumeCheckpoint()
-        var resumePhase = resumed?.metadata["efqat.phase"]
         let modelJSON = Self.json(config)
-        if let resumed, resumed.metadata["efqat.model"] != modelJSON {
-            throw RunError.invalid("\(resumedPath ?? ""): checkpoint is of another model (\(resumed.metadata["efqat.model"] ?? "?")), this run builds \(modelJSON)")
-        }
+        let resumed = try loadResumeCheckpoint(modelJSON: modelJSON, trainSamples: train.count)
+        var resumePhase = resumed?.metadata["efqat.phase"]
 
         // 1. FP32 model.
         var fp32Stage = StageResult(name: "FP32")
@@ -127,7 +129,7 @@ public final class Pipeline {
                 resumePhase = nil
             }
             let report = try trainer.run(checkpointEvery: options.checkpointEvery) { t in
-                try self.saveRunCheckpoint(model: model, trainer: t, phase: "fp32", extra: [:])
+                try self.saveRunCheckpoint(model: model, trainer: t, phase: .fp32, extra: [:])
             }
             fp32Stage.seconds = report.seconds
             fp32Stage.training = report
@@ -151,7 +153,7 @@ public final class Pipeline {
             var fp32Model = model
             if resumePhase == "qat" {
                 fp32Model = ResNet(config)
-                try ModelCheckpoint.restore(try SafeTensorsFile.read(from: fp32Path), path: fp32Path, into: fp32Model,
+                try ModelCheckpoint.restore(try rootReads(fp32Path), path: fp32Path, into: fp32Model,
                                             requireQuantizers: false, optimizer: nil)
             }
             let search = try MixQuant.search(fp32Model, policy: policy, options: mixQuant, calibration: options.calibration)
@@ -202,7 +204,7 @@ public final class Pipeline {
             }
         }
         let report = try qatTrainer.run(checkpointEvery: options.checkpointEvery) { t in
-            try self.saveRunCheckpoint(model: model, trainer: t, phase: "qat", extra: extra)
+            try self.saveRunCheckpoint(model: model, trainer: t, phase: .qat, extra: extra)
         }
         let backward = options.efqat.fraction < 1
             ? BackwardProbe.compare(model, data: train, microBatch: qatTrainer.microBatchSize, seed: options.qat.seed,
@@ -279,23 +281,66 @@ public final class Pipeline {
 
     private var resumedPath: String?
 
-    private func loadResumeCheckpoint() throws -> SafeTensorsFile? {
+    /// The checkpoint to continue from, checked against this run. Rank 0
+    /// picks and reads it and every rank gets its bytes, so all resume the
+    /// same file even when only rank 0's disk holds it.
+    private func loadResumeCheckpoint(modelJSON: String, trainSamples: Int) throws -> SafeTensorsFile? {
         guard let resume = options.resume else { return nil }
-        let path = resume == "auto" ? checkpointPath : resume
-        if resume == "auto" && !FileManager.default.fileExists(atPath: path) {
-            log.say("--resume auto: no checkpoint in \(options.outputDirectory), starting afresh")
-            return nil
+        let found = try rootShares {
+            guard resume == "auto" else { return (resume, try SafeTensorsFile.readBytes(from: resume)) }
+            let newest = self.checkpoints.newestValid { self.log.say("warning: --resume auto: \($0)") }
+            if newest == nil {
+                self.log.say("--resume auto: no valid checkpoint in \(self.options.outputDirectory), starting afresh")
+            }
+            return newest
         }
+        guard let (path, file) = found else { return nil }
         resumedPath = path
-        let file = try SafeTensorsFile.read(from: path)
-        guard let phase = file.metadata["efqat.phase"], phase == "fp32" || phase == "qat" else {
+        let m = file.metadata
+        guard let phase = m["efqat.phase"], CheckpointPosition.Phase(rawValue: phase) != nil else {
             throw RunError.invalid("\(path): not a training checkpoint (no resumable phase in its metadata)")
         }
-        if let batch = file.metadata["efqat.global_batch"], batch != String(options.qat.globalBatch) {
-            throw RunError.invalid("\(path): saved with global batch \(batch), this run uses \(options.qat.globalBatch); the data order would differ")
+        // What makes the resumed run another run: model, data, data order, batch-norm batches.
+        let microBatches = communicator.size * options.qat.accumulation
+        let expected: [(key: String, value: String, problem: String)] = [
+            ("efqat.model", modelJSON, "the checkpoint is of another model"),
+            ("efqat.dataset", options.dataset.rawValue, "the checkpoint trained on another data set"),
+            ("efqat.train_samples", String(trainSamples), "the checkpoint trained on another number of samples (--train-samples)"),
+            ("efqat.seed", String(options.qat.seed), "the checkpoint has another seed, so another data order"),
+            ("efqat.global_batch", String(options.qat.globalBatch), "the checkpoint has another global batch, so another data order"),
+            ("efqat.micro_batches", String(microBatches),
+             "the checkpoint cut the global batch into another number of micro-batches, and batch norm would see "
+                + "batches of another size: make ranks x --accumulation equal to it (this run: "
+                + "\(communicator.size) x \(options.qat.accumulation))"),
+        ]
+        for (key, value, problem) in expected {
+            if let saved = m[key], saved != value {
+                throw RunError.invalid("\(path): \(problem); \(key) is \(saved), this run has \(value)")
+            }
         }
-        log.say("resuming from \(path): phase \(phase), epoch \(file.metadata["efqat.epoch"] ?? "?"), step \(file.metadata["efqat.step"] ?? "?")")
+        log.say("resuming from \(path): phase \(phase), epoch \(m["efqat.epoch"] ?? "?"), step \(m["efqat.step"] ?? "?")")
+        log.record("resume", ["path": path, "phase": phase, "epoch": Int(m["efqat.epoch"] ?? "") ?? -1,
+                              "step": Int(m["efqat.step"] ?? "") ?? -1, "world_size": communicator.size,
+                              "saved_world_size": Int(m["efqat.world_size"] ?? "") ?? -1])
         return file
+    }
+
+    /// A file that rank 0 finds (nil: none) and reads, verified and decoded
+    /// by every rank from the bytes rank 0 broadcasts: ranks need no access
+    /// to rank 0's disk, and all get the same file. Errors on rank 0 end the
+    /// job; a damaged file fails on every rank alike.
+    private func rootShares(_ find: () throws -> (path: String, bytes: [UInt8])?) throws
+        -> (path: String, file: SafeTensorsFile)? {
+        let found = communicator.isRoot ? try find() : nil
+        let path = communicator.broadcast(found?.path ?? "")
+        guard let bytes = communicator.broadcast(found?.bytes) else { return nil }
+        return (path, try SafeTensorsFile(decoding: bytes, path: path))
+    }
+
+    /// The file at `path`, read by rank 0 and shared with every rank (never
+    /// nil: rank 0 either reads it or fails).
+    private func rootReads(_ path: String) throws -> SafeTensorsFile {
+        try rootShares { (path, try SafeTensorsFile.readBytes(from: path)) }!.file
     }
 
     private func restore(_ file: SafeTensorsFile, into model: ResNet, trainer: Trainer, quantized: Bool) throws {
@@ -332,18 +377,26 @@ public final class Pipeline {
         return m
     }
 
-    private func saveRunCheckpoint(model: ResNet, trainer: Trainer, phase: String, extra: [String: String]) throws {
+    /// A resumable checkpoint named after its position, keeping the newest
+    /// `keepCheckpoints` (rank 0).
+    private func saveRunCheckpoint(model: ResNet, trainer: Trainer, phase: CheckpointPosition.Phase,
+                                   extra: [String: String]) throws {
         try rootWrites {
-            var m = self.metadata(model: Self.json(model.config), phase: phase, extra: extra)
+            var m = self.metadata(model: Self.json(model.config), phase: phase.rawValue, extra: extra)
             m["efqat.epoch"] = String(trainer.position.epoch)
             m["efqat.step"] = String(trainer.position.step)
+            m["efqat.micro_batches"] = String(trainer.microBatchesPerStep)
+            m["efqat.train_samples"] = String(trainer.sampleCount)
             var tensors = ModelCheckpoint.tensors(of: model, includeQuantizers: true, optimizer: trainer.optimizer)
-            if phase == "qat" { m["efqat.bits"] = Self.json(self.layerBits(model)) }
+            if phase == .qat { m["efqat.bits"] = Self.json(self.layerBits(model)) }
             if let channels = trainer.channels {
                 tensors += EfqatCheckpoint.tensors(of: channels)
                 m.merge(EfqatCheckpoint.metadata(of: channels)) { _, new in new }
             }
-            try SafeTensorsFile(tensors: tensors, metadata: m).write(to: self.checkpointPath)
+            let position = CheckpointPosition(phase: phase, epoch: trainer.position.epoch, step: trainer.position.step)
+            try self.checkpoints.save(SafeTensorsFile(tensors: tensors, metadata: m), at: position) {
+                self.log.say("warning: \($0)")
+            }
         }
     }
 
@@ -356,10 +409,14 @@ public final class Pipeline {
             + "samples=\(options.trainSamples.map(String.init) ?? "all")"
     }
 
-    /// The FP32 model of an earlier run with the same model, data and recipe.
+    /// The FP32 model of an earlier run with the same model, data and recipe
+    /// (read by rank 0, shared with all).
     private func reusableFP32(modelJSON: String) throws -> SafeTensorsFile? {
-        guard FileManager.default.fileExists(atPath: fp32Path) else { return nil }
-        let file = try SafeTensorsFile.read(from: fp32Path)
+        let path = fp32Path
+        let found = try rootShares {
+            FileManager.default.fileExists(atPath: path) ? (path, try SafeTensorsFile.readBytes(from: path)) : nil
+        }
+        guard let file = found?.file else { return nil }
         let m = file.metadata
         guard m["efqat.model"] == modelJSON, m["efqat.dataset"] == options.dataset.rawValue,
               m["efqat.seed"] == String(options.fp32.seed), m["efqat.fp32_recipe"] == fp32Recipe

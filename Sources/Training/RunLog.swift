@@ -58,7 +58,11 @@ public final class RunLog {
         object["event"] = event
         object["time"] = Date().timeIntervalSince1970
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
-        metrics.write(data + Data("\n".utf8))
+        do { try metrics.write(contentsOf: data + Data("\n".utf8)) } catch {
+            // A full disk: the checkpoints, which matter more, fail with their own error.
+            say("warning: cannot append to \(metricsPath): \(error.localizedDescription); metrics are not recorded")
+            self.metricsPath = nil
+        }
     }
 
     /// A progress bar redrawn in place on a terminal; on a pipe or file, a

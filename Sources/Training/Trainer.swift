@@ -114,6 +114,10 @@ public final class Trainer {
 
     /// Images in one forward/backward pass of one rank.
     public var microBatchSize: Int { partition.microBatchSize }
+    /// Micro-batches per global batch, over all ranks (ranks × accumulation).
+    public var microBatchesPerStep: Int { partition.parts }
+    /// Training samples in the data set this phase trains on.
+    public var sampleCount: Int { data.count }
 
     public var stepsPerEpoch: Int { EpochOrder.stepsPerEpoch(sampleCount: data.count, globalBatch: options.globalBatch) }
     public var totalSteps: Int { stepsPerEpoch * options.epochs }

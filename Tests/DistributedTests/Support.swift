@@ -72,6 +72,8 @@ struct JobResult: Sendable {
     var stdout: String
     var stderr: String
     var seconds: Double
+    /// When the job ended (or was killed after its timeout).
+    var ended: Date
     var timedOut: Bool
     /// Processes of this job still alive after it ended (pid and command line).
     var leftovers: [String]
@@ -130,18 +132,40 @@ enum Jobs {
     /// machine needs: oversubscription, no binding, one BLAS thread per
     /// rank and ranks that yield their core while they wait.
     static func mpi(ranks: Int, _ arguments: [String], marker: String, folder: String,
-                    timeout: TimeInterval) throws -> JobResult {
-        let binary = try Locations.trainBinary()
-        let mpirun = try Locations.mpirun()
-        let flags = ["-n", String(ranks), "--oversubscribe", "--bind-to", "none",
-                     "-x", "OPENBLAS_NUM_THREADS", "-x", "OMPI_MCA_mpi_yield_when_idle", "-x", "EFQAT_PROGRESS"]
-        let env = environment(extra: ["OPENBLAS_NUM_THREADS": "1", "OMPI_MCA_mpi_yield_when_idle": "1"])
-        return try run(mpirun, flags + [binary] + arguments, marker: marker, binary: binary, folder: folder,
-                       environment: env, timeout: timeout)
+                    timeout: TimeInterval, while monitor: () -> Void = {}) throws -> JobResult {
+        try mpi(contexts: [["-n", String(ranks)]], arguments, marker: marker, folder: folder, timeout: timeout,
+                while: monitor)
     }
 
+    /// One rank per folder, each started in its own folder (`-wdir`), so a
+    /// relative `--output` names another folder on every rank, as on
+    /// machines with local disks. `folder` holds the job's output files.
+    static func mpi(rankFolders: [String], _ arguments: [String], marker: String, folder: String,
+                    timeout: TimeInterval) throws -> JobResult {
+        try mpi(contexts: rankFolders.map { ["-n", "1", "-wdir", $0] }, arguments, marker: marker, folder: folder,
+                timeout: timeout)
+    }
+
+    /// mpirun with the flags above and one application context (mpirun's
+    /// `-n N [-wdir F] program arguments`, joined by `:`) per element of
+    /// `contexts`, each running efqat-train with `arguments`.
+    private static func mpi(contexts: [[String]], _ arguments: [String], marker: String, folder: String,
+                            timeout: TimeInterval, while monitor: () -> Void = {}) throws -> JobResult {
+        let binary = try Locations.trainBinary()
+        let mpirun = try Locations.mpirun()
+        let flags = ["--oversubscribe", "--bind-to", "none",
+                     "-x", "OPENBLAS_NUM_THREADS", "-x", "OMPI_MCA_mpi_yield_when_idle", "-x", "EFQAT_PROGRESS"]
+        let applications = Array(contexts.map { $0 + [binary] + arguments }.joined(separator: [":"]))
+        let env = environment(extra: ["OPENBLAS_NUM_THREADS": "1", "OMPI_MCA_mpi_yield_when_idle": "1"])
+        return try run(mpirun, flags + applications, marker: marker, binary: binary, folder: folder,
+                       environment: env, timeout: timeout, while: monitor)
+    }
+
+    /// `monitor` runs once the job has started, while it runs (to act on
+    /// it, e.g. kill one of its ranks); the timeout counts from the start.
     static func run(_ executable: String, _ arguments: [String], marker: String, binary: String,
-                    folder: String, environment: [String: String], timeout: TimeInterval) throws -> JobResult {
+                    folder: String, environment: [String: String], timeout: TimeInterval,
+                    while monitor: () -> Void = {}) throws -> JobResult {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         let name = UUID().uuidString.prefix(8)
         let outPath = "\(folder)/job-\(name).stdout", errPath = "\(folder)/job-\(name).stderr"
@@ -172,8 +196,9 @@ enum Jobs {
         try process.run()
         // Foundation starts the child in a process group of its own.
         let group = process.processIdentifier
+        monitor()
         var timedOut = false
-        if finished.wait(timeout: .now() + timeout) == .timedOut {
+        if finished.wait(timeout: .now() + max(0, timeout - Date().timeIntervalSince(start))) == .timedOut {
             timedOut = true
             kill(-group, SIGTERM)  // mpirun passes this on to its ranks
             if finished.wait(timeout: .now() + 5) == .timedOut {
@@ -182,7 +207,8 @@ enum Jobs {
             }
             killAll(matching: marker, binary: binary)
         }
-        let seconds = Date().timeIntervalSince(start)
+        let ended = Date()
+        let seconds = ended.timeIntervalSince(start)
         let status = process.isRunning ? -1 : process.terminationStatus
 
         // Ranks must be gone with mpirun; give the kernel a moment to reap.
@@ -197,7 +223,7 @@ enum Jobs {
         let stdout = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
         let stderr = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
         return JobResult(command: command, status: status, stdout: stdout, stderr: stderr, seconds: seconds,
-                         timedOut: timedOut, leftovers: leftovers)
+                         ended: ended, timedOut: timedOut, leftovers: leftovers)
     }
 
     /// Live (not zombie) processes whose command line holds both `binary`
@@ -220,6 +246,22 @@ enum Jobs {
             found.append("\(pid): \(commandLine)")
         }
         return found
+    }
+
+    /// The MPI ranks among those processes, as rank: pid (Open MPI puts
+    /// each rank's number in its environment).
+    static func ranks(matching marker: String, binary: String) -> [Int: pid_t] {
+        var ranks: [Int: pid_t] = [:]
+        for line in processes(matching: marker, binary: binary) {
+            guard let pid = pid_t(line.prefix { $0 != ":" }),
+                  let raw = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { continue }
+            let prefix = "OMPI_COMM_WORLD_RANK="
+            for entry in raw.split(separator: 0) {
+                let variable = String(decoding: entry, as: UTF8.self)
+                if variable.hasPrefix(prefix), let rank = Int(variable.dropFirst(prefix.count)) { ranks[rank] = pid }
+            }
+        }
+        return ranks
     }
 
     static func killAll(matching marker: String, binary: String) {

@@ -141,7 +141,7 @@ def render_svg():
     """One panel per bit width: test accuracy against p for each mode, with
     PTQ and full QAT as dashed lines. p runs on a square-root scale so 0.05
     and 0.1 stay apart from 0."""
-    width, height, pad = 360, 260, 48
+    width, height, pad = 360, 280, 64
     colors = {"cwpn": "#1f77b4", "cwpl": "#ff7f0e", "lwpn": "#2ca02c"}
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width * len(efqat_bits)}" height="{height}" '
              'font-family="sans-serif" font-size="11">']
@@ -160,7 +160,7 @@ def render_svg():
         parts.append(f'<line x1="{px(0)}" y1="{py(lo)}" x2="{px(0)}" y2="{py(hi)}" stroke="black"/>')
         for p in [0, 0.05, 0.1, 0.25, 0.5, 1]:
             parts.append(f'<text x="{px(p)}" y="{py(lo) + 14}" text-anchor="middle">{p:g}</text>')
-        parts.append(f'<text x="{px(0.5)}" y="{height - 8}" text-anchor="middle">p (trained fraction of weights)</text>')
+        parts.append(f'<text x="{px(0.5)}" y="{height - 26}" text-anchor="middle">p (trained fraction of weights)</text>')
         for k in range(5):
             a = lo + (hi - lo) * k / 4
             parts.append(f'<text x="{px(0) - 4}" y="{py(a) + 4}" text-anchor="end">{100 * a:.1f}</text>')
@@ -173,7 +173,7 @@ def render_svg():
             parts.append(f'<polyline points="{path}" fill="none" stroke="{colors[m]}" stroke-width="1.5"/>')
             for p, a in points:
                 parts.append(f'<circle cx="{px(p):.1f}" cy="{py(a):.1f}" r="2.5" fill="{colors[m]}"/>')
-            parts.append(f'<text x="{px(0) + 8}" y="{34 + 13 * j}" fill="{colors[m]}">{m.upper()}</text>')
+            parts.append(f'<text x="{px(0) + 70 * j}" y="{height - 8}" fill="{colors[m]}">&#8212; {m.upper()}</text>')
     parts.append("</svg>")
     svg_path.write_text("\n".join(parts) + "\n")
 

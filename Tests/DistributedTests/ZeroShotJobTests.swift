@@ -8,29 +8,8 @@ import XCTest
 /// model, so they keep its accuracy; the same run with labels (the control)
 /// learns the shifted classes and collapses, which shows that the test can
 /// fail.
-final class ZeroShotJobTests: XCTestCase {
+final class ZeroShotJobTests: JobTestCase {
     static let timeout: TimeInterval = 300
-
-    private var folder = ""
-
-    override func setUpWithError() throws {
-        folder = FileManager.default.temporaryDirectory
-            .appendingPathComponent("efqat-zeroshot-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        if ProcessInfo.processInfo.environment["EFQAT_KEEP_TEST_RUNS"] == nil {
-            try? FileManager.default.removeItem(atPath: folder)
-        }
-    }
-
-    private func assertSucceeded(_ job: JobResult, file: StaticString = #filePath, line: UInt = #line) throws {
-        XCTAssertFalse(job.timedOut, "the job hung and was killed\n\(job.report)", file: file, line: line)
-        XCTAssertEqual(job.status, 0, "the job failed\n\(job.report)", file: file, line: line)
-        XCTAssertEqual(job.leftovers, [], "processes left behind", file: file, line: line)
-        guard job.status == 0 else { throw SetupError("job failed; see above") }
-    }
 
     /// MNIST IDX files from mnist_5k.csv: per class, the first `train` rows
     /// for training (labels shifted by `labelShift`) and the last `test`

@@ -99,7 +99,7 @@ struct TrainCommand: RankCommand {
             transform: { try MixQuantRule(parsing: $0) })
     var mixQuant: MixQuantRule?
 
-    @Option(help: "Training samples used to calibrate the quantizers.")
+    @Option(help: "Images used to calibrate the quantizers: a seeded subset of the training set (of the --zero-shot set).")
     var calibrationSamples = 512
 
     @Option(help: "How weight ranges are chosen per channel: minmax, percentile or lp (L_p clip search, p = 2.4).")
@@ -119,7 +119,7 @@ struct TrainCommand: RankCommand {
     @Flag(help: "After calibration, reconstruct rounding and steps block by block (Genie-M / BRECQ with QDrop).")
     var reconstruct = false
 
-    @Option(help: "Calibration images used by --reconstruct (reference: 1024).")
+    @Option(help: "Calibration images used by --reconstruct, from the training set or the --zero-shot set (reference: 1024).")
     var reconstructionSamples = 256
 
     @Option(help: "Iterations per block of --reconstruct (reference: 20000).")

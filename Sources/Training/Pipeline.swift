@@ -175,33 +175,18 @@ public final class Pipeline {
         }
         // Zero-shot: from here on the stages see images only, and the FP32
         // model teaches QAT.
-        var zeroShot: ZeroShotData?
-        var teacher: Distillation?
-        if let zeroShotOptions = options.zeroShot {
-            let fp32 = try fp32Copy(of: model, fromFile: resumePhase == "qat")
-            let data = try ZeroShotData(options: zeroShotOptions, teacher: fp32, teacherPath: fp32Path, train: train,
-                                        dataset: options.dataset, seed: options.qat.seed,
-                                        outputDirectory: options.outputDirectory,
-                                        communicator: communicator, log: log, logEvery: options.qat.logEvery)
-            if resumePhase == "qat", let resumed, resumed.metadata["efqat.zero_shot"] != data.description {
-                throw RunError.invalid("\(resumedPath ?? ""): checkpoint was trained on \(resumed.metadata["efqat.zero_shot"] ?? "the labelled training set"), this run uses \(data.description)")
-            }
-            log.say("zero-shot: the quantization stages run on \(data.description); "
-                    + "QAT distils from the FP32 model (T = \(zeroShotOptions.temperature)); no labels")
-            log.record("zero_shot", ["data": zeroShotOptions.source.rawValue, "images": data.images.count,
-                                     "description": data.description, "temperature": Double(zeroShotOptions.temperature)])
-            zeroShot = data
-            teacher = Distillation(teacher: fp32, temperature: zeroShotOptions.temperature)
+        let zeroShot = try options.zeroShot.map {
+            try prepareZeroShot($0, model: model, train: train, resumedQAT: resumePhase == "qat" ? resumed : nil)
         }
-        let images = zeroShot?.images ?? ImageSet(train)
+        let images = zeroShot?.data.images ?? ImageSet(train)
         let dataLabel = options.zeroShot.map { " (zero-shot, \($0.source.rawValue))" } ?? ""
 
         policy.apply(to: model)
         var ptqStage = StageResult(name: "PTQ \(bitsLabel)\(dataLabel)")
         let channels = CriticalChannels(layers: model.layers, store: model.store, options: options.efqat)
-        let qatTrainer = try teacher.map {
-            try Trainer(model: model, images: images, distillation: $0, options: options.qat, communicator: communicator,
-                        log: log, channels: channels)
+        let qatTrainer = try zeroShot.map {
+            try Trainer(model: model, images: images, distillation: $0.teacher, options: options.qat,
+                        communicator: communicator, log: log, channels: channels)
         } ?? Trainer(model: model, data: train, options: options.qat, communicator: communicator, log: log,
                      channels: channels)
         if resumePhase == "qat", let resumed {
@@ -229,12 +214,12 @@ public final class Pipeline {
         log.say(String(format: "PTQ %@ test accuracy %.2f%% (weights %@, activations %@, %d calibration images%@)",
                        bitsLabel, ptqStage.accuracy * 100, options.calibration.weights.rawValue,
                        options.calibration.activations.rawValue, min(options.calibrationSamples, images.count),
-                       zeroShot.map { " of " + $0.description } ?? ""))
+                       zeroShot.map { " of " + $0.data.description } ?? ""))
         log.record("eval", ["stage": "ptq", "accuracy": ptqStage.accuracy])
 
         // 3. QAT: EfQAT trains the critical channels (all of them at p = 1).
         var extra = ["efqat.fp32_accuracy": String(fp32Stage.accuracy), "efqat.ptq_accuracy": String(ptqStage.accuracy)]
-        extra["efqat.zero_shot"] = zeroShot?.description
+        extra["efqat.zero_shot"] = zeroShot?.data.description
         if let failure = options.injectFailure, failure.rank == communicator.rank {
             qatTrainer.afterStep = { t in
                 if t.completedSteps >= failure.step {
@@ -269,7 +254,8 @@ public final class Pipeline {
         log.record("weights", ["checksum": String(checksum, radix: 16), "ranks_agree": agree])
         if !agree { throw RunError.invalid("ranks ended with different weights: data-parallel training diverged") }
         printSummary(totalSeconds: Date().timeIntervalSince(started),
-                     efqat: efqatComparison(model: model, report: report, backward: backward), zeroShot: zeroShot)
+                     efqat: efqatComparison(model: model, report: report, backward: backward),
+                     zeroShot: zeroShot?.data)
         return results
     }
 
@@ -310,6 +296,28 @@ public final class Pipeline {
             "units": report.units.map { ["unit": $0.name, "mse_before": $0.errorBefore, "mse_after": $0.errorAfter,
                                          "changed": $0.changedRoundings, "weights": $0.weights, "seconds": $0.seconds] },
         ])
+    }
+
+    /// The images of a zero-shot run and its FP32 teacher, made (or read)
+    /// before calibration while `model` still holds the FP32 weights, or
+    /// after a QAT resume (`resumedQAT`) from fp32.safetensors; a resume must
+    /// use the images its checkpoint was trained on.
+    private func prepareZeroShot(_ zeroShot: ZeroShotOptions, model: ResNet, train: Dataset,
+                                 resumedQAT: SafeTensorsFile?) throws -> (data: ZeroShotData, teacher: Distillation) {
+        let fp32 = try fp32Copy(of: model, fromFile: resumedQAT != nil)
+        let data = try ZeroShotData(options: zeroShot, teacher: fp32, teacherPath: fp32Path, train: train,
+                                    dataset: options.dataset, seed: options.qat.seed,
+                                    outputDirectory: options.outputDirectory, communicator: communicator, log: log,
+                                    logEvery: options.qat.logEvery)
+        if let resumedQAT, resumedQAT.metadata["efqat.zero_shot"] != data.description {
+            throw RunError.invalid("\(resumedPath ?? ""): checkpoint was trained on "
+                + "\(resumedQAT.metadata["efqat.zero_shot"] ?? "the labelled training set"), this run uses \(data.description)")
+        }
+        log.say("zero-shot: the quantization stages run on \(data.description); "
+                + "QAT distils from the FP32 model (T = \(zeroShot.temperature)); no labels")
+        log.record("zero_shot", ["data": zeroShot.source.rawValue, "images": data.images.count,
+                                 "description": data.description, "temperature": Double(zeroShot.temperature)])
+        return (data, Distillation(teacher: fp32, temperature: zeroShot.temperature))
     }
 
     /// A separate FP32 model (the distillation teacher, the data

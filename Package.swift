@@ -7,7 +7,7 @@ import PackageDescription
 ///   COpenBLAS ─► Kernels ─► Layers ─► Quantization ─► Training ─► efqat-train
 ///   Layers ─► EfQAT ─► Training
 ///   Data, Checkpoint ─► Training
-///   Kernels, Layers, Distributed, Checkpoint ─► Genie ─► efqat-train
+///   Kernels, Layers, Distributed, Checkpoint ─► Genie ─► Training (zero-shot), efqat-train
 let package = Package(
     name: "efqat-train",
     products: [
@@ -34,7 +34,7 @@ let package = Package(
         .target(name: "Checkpoint"),
         .target(name: "Data", dependencies: ["Kernels"]),
         .target(name: "Training", dependencies: [
-            "Kernels", "Layers", "Quantization", "EfQAT", "Distributed", "Checkpoint", "Data",
+            "Kernels", "Layers", "Quantization", "EfQAT", "Distributed", "Checkpoint", "Data", "Genie",
         ]),
         .target(name: "Genie", dependencies: ["Kernels", "Layers", "Distributed", "Checkpoint"]),
         .executableTarget(name: "EfqatTrain", dependencies: [

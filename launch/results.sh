@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measures every figure in docs/results.md and rewrites that file.
 #
-#   launch/results.sh [--quick] [default] [ptq] [efqat]
+#   launch/results.sh [--quick] [default] [ptq] [efqat] [zeroshot]
 #
 # Sections (all of them when none is named; a section's earlier runs are
 # replaced, the others' kept, and docs/results.md shows every section that
@@ -15,25 +15,37 @@
 # efqat    W4A4 and W3A3 QAT from the default PTQ init: EfQAT with each mode
 #          at p = 0, 0.05, 0.1 and 0.25, and full QAT (p = 1), same epochs,
 #          2 ranks each; writes docs/efqat-accuracy.svg too.
+# zeroshot Zero-shot quantization (no labels after the FP32 model) at W4A4
+#          and W3A3 on three image sets of ZS_IMAGES (1024) images: Genie-D
+#          images synthesised from the FP32 model (ZS_ITERATIONS, 100, per
+#          batch), Gaussian noise and real training images. Each: PTQ
+#          min-max and EfQAT p = 0.1 by distillation (ZS_QAT_EPOCHS, 12, on
+#          2 ranks), and PTQ with reconstruction; then the synthesis time
+#          per image of 128 images on 1, 2 and 4 ranks (ZS_TIME_ITERATIONS,
+#          100, per batch of 32). ZS_IMAGES must be a multiple of 64 (the
+#          synthesis batch); ZS_RECONSTRUCTION_ITERATIONS (400) per block.
 # --quick runs a 2-rank default job with fewer FP32 epochs (for trying the
-# script out; its figures are not the documented ones).
+# script out; its figures are not the documented ones), and a zeroshot
+# section with 128 images, 10 synthesis iterations, 2 QAT epochs and 20
+# reconstruction iterations.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 ranks=8
 fp32_args=()
-if [[ "${1:-}" == "--quick" ]]; then ranks=2; fp32_args=(--fp32-epochs 2 --qat-epochs 1); shift; fi
+quick=0
+if [[ "${1:-}" == "--quick" ]]; then quick=1; ranks=2; fp32_args=(--fp32-epochs 2 --qat-epochs 1); shift; fi
 sections=("$@")
-[[ ${#sections[@]} -gt 0 ]] || sections=(default ptq efqat)
+[[ ${#sections[@]} -gt 0 ]] || sections=(default ptq efqat zeroshot)
 for section in "${sections[@]}"; do
-    case "$section" in default|ptq|efqat) ;; *) echo "error: unknown section '$section' (default, ptq, efqat)" >&2; exit 2 ;; esac
+    case "$section" in default|ptq|efqat|zeroshot) ;; *) echo "error: unknown section '$section' (default, ptq, efqat, zeroshot)" >&2; exit 2 ;; esac
 done
 wants() { [[ " ${sections[*]} " == *" $1 "* ]]; }
 
 ensure_dependencies
 bash "$EFQAT_ROOT/launch/setup-data.sh" >&2
 efqat_build "$EFQAT_ROOT/.build/launch-build.log" -c release --product efqat-train
-binary="$EFQAT_ROOT/.build/release/efqat-train"
+binary="$EFQAT_BUILD_DIR/release/efqat-train"
 out="$EFQAT_ROOT/runs/results"
 mkdir -p "$out"
 export EFQAT_PROGRESS=lines
@@ -96,6 +108,39 @@ if wants efqat; then
                     --efqat-mode "$mode" --efqat-fraction "$p"
             done
         done
+    done
+fi
+
+if wants zeroshot; then
+    images=${ZS_IMAGES:-$([[ $quick -eq 1 ]] && echo 128 || echo 1024)}
+    iterations=${ZS_ITERATIONS:-$([[ $quick -eq 1 ]] && echo 10 || echo 100)}
+    qat_epochs=${ZS_QAT_EPOCHS:-$([[ $quick -eq 1 ]] && echo 2 || echo 12)}
+    time_iterations=${ZS_TIME_ITERATIONS:-$([[ $quick -eq 1 ]] && echo 5 || echo 100)}
+    reconstruction_iterations=${ZS_RECONSTRUCTION_ITERATIONS:-$([[ $quick -eq 1 ]] && echo 20 || echo 400)}
+    rm -rf "$out"/zs-* "$out/zs.json"
+    echo "{\"images\": $images, \"iterations\": $iterations, \"qat_epochs\": $qat_epochs, \"time_iterations\": $time_iterations, \"reconstruction_iterations\": $reconstruction_iterations}" \
+        > "$out/zs.json"
+    # One Genie data set for every genie run, synthesised on 2 ranks.
+    efqat_say "zs-genie: $images Genie-D images, $iterations iterations per batch"
+    efqat_mpirun 2 "$binary" synthesize --model "$out/default/fp32.safetensors" --output "$out/zs-genie" \
+        --images "$images" --iterations "$iterations" --log-every 1000 > "$out/zs-genie.log"
+    for bits in 4:4 3:3; do
+        w=${bits%:*} a=${bits#*:}
+        for data in genie noise real; do
+            source_args=(--zero-shot-data "$data" --zero-shot-images "$images")
+            [[ "$data" == genie ]] && source_args=(--synthetic-data "$out/zs-genie/genie.safetensors")
+            common=(--weight-bits "$w" --activation-bits "$a" --zero-shot "${source_args[@]}"
+                    --calibration-samples "$images" --reconstruction-samples "$images")
+            run "zs-W${w}A${a}-$data-efqat" 2 "${common[@]}" --qat-epochs "$qat_epochs"
+            run "zs-W${w}A${a}-$data-reconstruction" 1 "${common[@]}" --qat-epochs 0 --reconstruct \
+                --reconstruction-iterations "$reconstruction_iterations"
+        done
+    done
+    # Synthesis time per image: 4 batches of 32, so 4 ranks have one each.
+    for n in 1 2 4; do
+        efqat_say "zs-time-$n: synthesis of 128 images on $n rank(s)"
+        efqat_mpirun "$n" "$binary" synthesize --model "$out/default/fp32.safetensors" --output "$out/zs-time-$n" \
+            --images 128 --batch-size 32 --iterations "$time_iterations" --log-every 1000 > "$out/zs-time-$n.log"
     done
 fi
 

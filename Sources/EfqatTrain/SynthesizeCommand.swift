@@ -94,22 +94,7 @@ struct SynthesizeCommand: RankCommand {
             teacher: teacher, height: height, width: width, options: options, communicator: communicator,
             path: path, metadata: ["efqat.model": file.metadata["efqat.model"] ?? "", "efqat.dataset": dataset.rawValue,
                                    "genie.teacher": modelPath]) { event in
-            switch event {
-            case .resumed(let batches, let total):
-                log.say("resuming: \(batches) of \(total) batches are already in \(path)")
-            case .iteration(let batch, let iteration, let total, let loss):
-                log.progress("batch \(batch + 1)/\(options.batches)", done: iteration, total: total, every: logEvery,
-                             detail: String(format: "loss %.4g (batch norm %.4g, prior %.4g)",
-                                            loss.total, loss.batchNorm, loss.inputPrior))
-            case .finished(let index, let initial, let final, let seconds, let done, let total):
-                log.say(String(format: "batch %d done (%d/%d): loss %.4g -> %.4g (batch norm %.4g, prior %.4g), %.1f s",
-                               index + 1, done, total, initial.total, final.total, final.batchNorm, final.inputPrior,
-                               seconds))
-                log.record("genie_batch", [
-                    "batch": index, "loss_initial": initial.total, "loss": final.total,
-                    "loss_batch_norm": final.batchNorm, "loss_prior": final.inputPrior, "seconds": seconds,
-                ])
-            }
+            reportSynthesis(event, log: log, path: path, batches: options.batches, logEvery: logEvery)
         }
         guard communicator.isRoot else { return }
         let grid = gridPng ?? output + "/genie-samples.png"

@@ -3,6 +3,7 @@ import Data
 import Distributed
 import EfQAT
 import Foundation
+import Genie
 import Layers
 import Quantization
 import Training
@@ -25,6 +26,12 @@ struct TrainCommand: RankCommand {
         Outputs in --output: fp32.safetensors (the FP32 model), checkpoint-<phase>-e<epoch>-s<step>.safetensors \
         (resumable; the newest --keep-checkpoints are kept), final.safetensors (the quantized model with its \
         quantizer steps), metrics.jsonl and summary.txt.
+
+        --zero-shot quantizes without labels: calibration, batch-norm re-estimation, --reconstruct and QAT run on \
+        images alone (Genie-D images synthesised from the FP32 model into --output/genie.safetensors, or \
+        --synthetic-data, or --zero-shot-data noise|real for comparison), and QAT distils from the FP32 model: \
+        loss T^2 * KL(softmax(teacher / T) || softmax(student / T)). The FP32 model itself is trained with labels \
+        (or reused, or given by --model); the test set evaluates every stage. See docs/genie.md.
         """)
 
     @Option(help: "Data set format: \(DatasetFormat.allCases.map(\.rawValue).joined(separator: ", ")).")
@@ -36,7 +43,7 @@ struct TrainCommand: RankCommand {
     @Option(help: "Folder for checkpoints, metrics and the summary.")
     var output = "runs/default"
 
-    @Option(help: "Epochs of FP32 training (skipped when --output has a matching fp32.safetensors).")
+    @Option(help: "Epochs of FP32 training (skipped when --output has a matching fp32.safetensors, or with --model).")
     var fp32Epochs = 12
 
     @Option(help: "Epochs of quantization-aware training.")
@@ -93,7 +100,7 @@ struct TrainCommand: RankCommand {
             transform: { try MixQuantRule(parsing: $0) })
     var mixQuant: MixQuantRule?
 
-    @Option(help: "Training samples used to calibrate the quantizers.")
+    @Option(help: "Images used to calibrate the quantizers: a seeded subset of the training set (of the --zero-shot set).")
     var calibrationSamples = 512
 
     @Option(help: "How weight ranges are chosen per channel: minmax, percentile or lp (L_p clip search, p = 2.4).")
@@ -113,7 +120,7 @@ struct TrainCommand: RankCommand {
     @Flag(help: "After calibration, reconstruct rounding and steps block by block (Genie-M / BRECQ with QDrop).")
     var reconstruct = false
 
-    @Option(help: "Calibration images used by --reconstruct (reference: 1024).")
+    @Option(help: "Calibration images used by --reconstruct, from the training set or the --zero-shot set (reference: 1024).")
     var reconstructionSamples = 256
 
     @Option(help: "Iterations per block of --reconstruct (reference: 20000).")
@@ -172,6 +179,36 @@ struct TrainCommand: RankCommand {
     @Flag(help: "Train a new FP32 model even if --output holds one.")
     var retrainFP32 = false
 
+    @Option(help: ArgumentHelp("An FP32 model file (fp32.safetensors of an earlier run) to quantize instead of "
+                               + "training or reusing one.", valueName: "path"))
+    var model: String?
+
+    @Flag(help: ArgumentHelp("Zero-shot quantization: every stage after the FP32 model runs on images without labels "
+                             + "(--zero-shot-data) and QAT distils from the FP32 model. --augment-shift then applies to "
+                             + "FP32 training only."))
+    var zeroShot = false
+
+    @Option(help: ArgumentHelp("Images of --zero-shot: genie (Genie-D, synthesised from the FP32 model's batch-norm "
+                               + "statistics unless --synthetic-data is given), noise (N(0, 1) in the normalised input "
+                               + "space) or real (training images, labels unused; for comparison).", valueName: "source"))
+    var zeroShotData: ZeroShotOptions.Source = .genie
+
+    @Option(help: "Images in the --zero-shot set (genie: synthesised; noise and real: drawn with --seed).")
+    var zeroShotImages = ZeroShotOptions().images
+
+    @Option(help: ArgumentHelp("--zero-shot genie: a data set file from `efqat-train synthesize` instead of "
+                               + "synthesising --output/genie.safetensors (all its images are used).", valueName: "path"))
+    var syntheticData: String?
+
+    @Option(help: "--zero-shot genie: Genie-D optimisation steps per batch when synthesising (reference: 4000).")
+    var synthesisIterations = SynthesisOptions().iterations
+
+    @Option(help: "--zero-shot genie: images per synthesis batch, each with its own generator (reference: 128).")
+    var synthesisBatchSize = SynthesisOptions().batchSize
+
+    @Option(help: "--zero-shot: temperature T of the distillation loss.")
+    var distillationTemperature: Float = 1
+
     @Option(help: "Also checkpoint every N steps (0: at the end of each epoch only).")
     var checkpointEvery = 0
 
@@ -208,6 +245,7 @@ struct TrainCommand: RankCommand {
         }
         if augmentShift < 0 { throw ValidationError("--augment-shift must be 0 or more, got \(augmentShift)") }
         if let trainSamples, trainSamples <= 0 { throw ValidationError("--train-samples must be positive, got \(trainSamples)") }
+        _ = try zeroShotOptions()
         _ = try quantizationPolicy()
         _ = try failure()
     }
@@ -236,6 +274,41 @@ struct TrainCommand: RankCommand {
         return policy
     }
 
+    /// The --zero-shot settings, nil without --zero-shot.
+    func zeroShotOptions() throws -> ZeroShotOptions? {
+        let given = [("--synthetic-data", syntheticData != nil),
+                     ("--zero-shot-data", zeroShotData != .genie),
+                     ("--zero-shot-images", zeroShotImages != ZeroShotOptions().images),
+                     ("--synthesis-iterations", synthesisIterations != SynthesisOptions().iterations),
+                     ("--synthesis-batch-size", synthesisBatchSize != SynthesisOptions().batchSize),
+                     ("--distillation-temperature", distillationTemperature != 1)].filter(\.1).map(\.0)
+        guard zeroShot else {
+            if let first = given.first { throw ValidationError("\(first) needs --zero-shot") }
+            return nil
+        }
+        if syntheticData != nil && zeroShotData != .genie {
+            throw ValidationError("--synthetic-data is a genie data set; it does not go with --zero-shot-data \(zeroShotData.rawValue)")
+        }
+        if !(distillationTemperature > 0 && distillationTemperature.isFinite) {
+            throw ValidationError("--distillation-temperature must be positive, got \(distillationTemperature)")
+        }
+        if zeroShotImages <= 0 { throw ValidationError("--zero-shot-images must be positive, got \(zeroShotImages)") }
+        var options = ZeroShotOptions()
+        options.source = zeroShotData
+        options.images = zeroShotImages
+        options.syntheticData = syntheticData
+        options.temperature = distillationTemperature
+        options.synthesis.images = zeroShotImages
+        options.synthesis.iterations = synthesisIterations
+        options.synthesis.batchSize = synthesisBatchSize
+        options.synthesis.seed = seed
+        if zeroShotData == .genie, syntheticData == nil, let problem = options.synthesis.problem {
+            throw ValidationError("--zero-shot genie synthesis: \(problem) (--zero-shot-images, --synthesis-batch-size, "
+                                  + "--synthesis-iterations)")
+        }
+        return options
+    }
+
     func failure() throws -> (rank: Int, step: Int)? {
         guard let injectFailure else { return nil }
         let parts = injectFailure.split(separator: ":").compactMap { Int($0) }
@@ -257,7 +330,8 @@ struct TrainCommand: RankCommand {
 
     func pipelineOptions(repositoryCache: String) throws -> PipelineOptions {
         let fp32 = phase("fp32", epochs: fp32Epochs, learningRate: lr)
-        let qat = phase("qat", epochs: qatEpochs, learningRate: qatLr)
+        var qat = phase("qat", epochs: qatEpochs, learningRate: qatLr)
+        if zeroShot { qat.augmentShift = 0 }
         var options = PipelineOptions(dataDirectory: dataDir ?? repositoryCache, outputDirectory: output,
                                       fp32: fp32, qat: qat, policy: try quantizationPolicy())
         options.dataset = dataset
@@ -286,6 +360,8 @@ struct TrainCommand: RankCommand {
         options.keepCheckpoints = keepCheckpoints
         options.injectFailure = try failure()
         options.trainSamples = trainSamples
+        options.fp32Model = model
+        options.zeroShot = try zeroShotOptions()
         return options
     }
 }
@@ -301,3 +377,4 @@ extension RangeEstimator: ExpressibleByArgument {}
 extension QuantScheme: ExpressibleByArgument {}
 extension LearningRateSchedule: ExpressibleByArgument {}
 extension SelectionMode: ExpressibleByArgument {}
+extension ZeroShotOptions.Source: ExpressibleByArgument {}

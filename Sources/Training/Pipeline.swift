@@ -33,12 +33,18 @@ public struct PipelineOptions: Sendable {
     public var resume: String?
     /// Train the FP32 model even if the output folder has one.
     public var retrainFP32 = false
+    /// An FP32 model file to start from instead of training or reusing one.
+    public var fp32Model: String?
     /// Also checkpoint every N steps (0: only at epoch ends).
     public var checkpointEvery = 0
     /// Run checkpoints kept in the output folder (the newest ones).
     public var keepCheckpoints = 3
     /// Train on a seeded random subset of this many samples (nil: all).
     public var trainSamples: Int?
+    /// Zero-shot quantization: every stage after the FP32 model sees images
+    /// only (synthetic by default) and QAT distils from the FP32 model; nil:
+    /// the stages use the labelled training set.
+    public var zeroShot: ZeroShotOptions?
     /// Testing aid: this rank fails at this QAT step.
     public var injectFailure: (rank: Int, step: Int)?
 
@@ -81,7 +87,9 @@ public final class Pipeline {
     private var checkpoints: CheckpointFolder {
         CheckpointFolder(path: options.outputDirectory, keep: options.keepCheckpoints)
     }
-    private var fp32Path: String { options.outputDirectory + "/fp32.safetensors" }
+    /// Where the FP32 model is read from (`fp32Model`, else the output
+    /// folder's) and, when trained, written to.
+    private var fp32Path: String { options.fp32Model ?? options.outputDirectory + "/fp32.safetensors" }
     private var finalPath: String { options.outputDirectory + "/final.safetensors" }
 
     @discardableResult
@@ -117,6 +125,16 @@ public final class Pipeline {
         if resumePhase == "qat", let resumed {
             fp32Stage.name = "FP32 (earlier run)"
             fp32Stage.accuracy = Double(resumed.metadata["efqat.fp32_accuracy"] ?? "") ?? .nan
+        } else if resumePhase == nil, options.fp32Model != nil {
+            let file = try SafeTensorsFile.read(from: fp32Path)
+            guard file.metadata["efqat.model"] == modelJSON, file.metadata["efqat.dataset"] == options.dataset.rawValue else {
+                throw RunError.invalid("\(fp32Path): a model of \(file.metadata["efqat.model"] ?? "?") on "
+                    + "\(file.metadata["efqat.dataset"] ?? "?"); this run builds \(modelJSON) on \(options.dataset.rawValue)")
+            }
+            try ModelCheckpoint.restore(file, path: fp32Path, into: model, requireQuantizers: false, optimizer: nil)
+            log.say("starting from the FP32 model in \(fp32Path)")
+            fp32Stage.name = "FP32 (given)"
+            fp32Stage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
         } else if resumePhase == nil, !options.retrainFP32, let reused = try reusableFP32(modelJSON: modelJSON) {
             try ModelCheckpoint.restore(reused, path: fp32Path, into: model, requireQuantizers: false, optimizer: nil)
             log.say("reusing the FP32 model in \(fp32Path) (--retrain-fp32 trains a new one)")
@@ -149,53 +167,61 @@ public final class Pipeline {
         var policy = options.policy
         var bitsLabel = "W\(policy.weightBits)A\(policy.activationBits)"
         if let mixQuant = options.mixQuant {
-            // The search needs FP32 weights, which a QAT resume has not loaded: it reads them from fp32.safetensors.
-            var fp32Model = model
-            if resumePhase == "qat" {
-                fp32Model = ResNet(config)
-                try ModelCheckpoint.restore(try rootReads(fp32Path), path: fp32Path, into: fp32Model,
-                                            requireQuantizers: false, optimizer: nil)
-            }
+            // The search needs FP32 weights, which a QAT resume has not loaded.
+            let fp32Model = resumePhase == "qat" ? try fp32Copy(of: model, fromFile: true) : model
             let search = try MixQuant.search(fp32Model, policy: policy, options: mixQuant, calibration: options.calibration)
             policy.overrides = search.overrides.merging(policy.overrides) { _, explicit in explicit }
             log.say(search.render())
             log.record("mixquant", search.record)
             bitsLabel = String(format: "MixQuant W%.2fA%d", search.meanBits, policy.activationBits)
         }
+        // Zero-shot: from here on the stages see images only, and the FP32
+        // model teaches QAT.
+        let zeroShot = try options.zeroShot.map {
+            try prepareZeroShot($0, model: model, train: train, resumedQAT: resumePhase == "qat" ? resumed : nil)
+        }
+        let images = zeroShot?.data.images ?? ImageSet(train)
+        let dataLabel = options.zeroShot.map { " (zero-shot, \($0.source.rawValue))" } ?? ""
+
         policy.apply(to: model)
-        var ptqStage = StageResult(name: "PTQ \(bitsLabel)")
+        var ptqStage = StageResult(name: "PTQ \(bitsLabel)\(dataLabel)")
         let channels = CriticalChannels(layers: model.layers, store: model.store, options: options.efqat)
-        let qatTrainer = try Trainer(model: model, data: train, options: options.qat, communicator: communicator, log: log,
-                                     channels: channels)
+        let qatTrainer = try zeroShot.map {
+            try Trainer(model: model, images: images, distillation: $0.teacher, options: options.qat,
+                        communicator: communicator, log: log, channels: channels)
+        } ?? Trainer(model: model, data: train, options: options.qat, communicator: communicator, log: log,
+                     channels: channels)
         if resumePhase == "qat", let resumed {
             try restore(resumed, into: model, trainer: qatTrainer, quantized: true)
             try restoreSelection(resumed, into: channels)
             ptqStage.accuracy = Double(resumed.metadata["efqat.ptq_accuracy"] ?? "") ?? .nan
         } else {
             let t0 = Date()
-            calibrate(model, on: train)
+            calibrate(model, on: images)
             // Reconstruction matches each block to the FP32 model's output
             // with the FP32 running statistics, which already corrects what
             // re-estimation would (re-estimating before it corrupts its
             // targets, after it measured 1 point worse at W3A3).
             if let reconstruction = options.reconstruction {
-                reconstruct(model, on: train, options: reconstruction)
+                reconstruct(model, on: images, options: reconstruction)
             } else if options.reestimateBatchNorm {
                 reestimateBatchNormStatistics(model, communicator: communicator) {
-                    forwardCalibrationSamples(model, train, training: true)
+                    forwardCalibrationSamples(model, images, training: true)
                 }
             }
             ptqStage.seconds = Date().timeIntervalSince(t0)
             ptqStage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
         }
         results.append(ptqStage)
-        log.say(String(format: "PTQ %@ test accuracy %.2f%% (weights %@, activations %@, %d calibration samples)",
+        log.say(String(format: "PTQ %@ test accuracy %.2f%% (weights %@, activations %@, %d calibration images%@)",
                        bitsLabel, ptqStage.accuracy * 100, options.calibration.weights.rawValue,
-                       options.calibration.activations.rawValue, options.calibrationSamples))
+                       options.calibration.activations.rawValue, min(options.calibrationSamples, images.count),
+                       zeroShot.map { " of " + $0.data.description } ?? ""))
         log.record("eval", ["stage": "ptq", "accuracy": ptqStage.accuracy])
 
         // 3. QAT: EfQAT trains the critical channels (all of them at p = 1).
-        let extra = ["efqat.fp32_accuracy": String(fp32Stage.accuracy), "efqat.ptq_accuracy": String(ptqStage.accuracy)]
+        var extra = ["efqat.fp32_accuracy": String(fp32Stage.accuracy), "efqat.ptq_accuracy": String(ptqStage.accuracy)]
+        extra["efqat.zero_shot"] = zeroShot?.data.description
         if let failure = options.injectFailure, failure.rank == communicator.rank {
             qatTrainer.afterStep = { t in
                 if t.completedSteps >= failure.step {
@@ -207,13 +233,13 @@ public final class Pipeline {
             try self.saveRunCheckpoint(model: model, trainer: t, phase: .qat, extra: extra)
         }
         let backward = options.efqat.fraction < 1
-            ? BackwardProbe.compare(model, data: train, microBatch: qatTrainer.microBatchSize, seed: options.qat.seed,
+            ? BackwardProbe.compare(model, images: images, microBatch: qatTrainer.microBatchSize, seed: options.qat.seed,
                                     communicator: communicator)
             : nil
         channels.release()
-        var qatStage = StageResult(name: options.efqat.fraction < 1
+        var qatStage = StageResult(name: (options.efqat.fraction < 1
                                    ? "EfQAT \(bitsLabel) \(options.efqat.mode.rawValue) p=\(options.efqat.fraction)"
-                                   : "QAT \(bitsLabel) (full)")
+                                   : "QAT \(bitsLabel) (full)") + dataLabel)
         qatStage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
         qatStage.seconds = report.seconds
         qatStage.training = report
@@ -230,51 +256,86 @@ public final class Pipeline {
         log.record("weights", ["checksum": String(checksum, radix: 16), "ranks_agree": agree])
         if !agree { throw RunError.invalid("ranks ended with different weights: data-parallel training diverged") }
         printSummary(totalSeconds: Date().timeIntervalSince(started),
-                     efqat: efqatComparison(model: model, report: report, backward: backward))
+                     efqat: efqatComparison(model: model, report: report, backward: backward),
+                     zeroShot: zeroShot?.data)
         return results
     }
 
-    /// Min-max calibration on a fixed, seeded subset of the training set,
-    /// sharded over ranks; the ranges are reduced so all ranks agree.
-    private func calibrate(_ model: ResNet, on train: Dataset) {
+    /// Min-max calibration on a fixed, seeded subset of `images`, sharded
+    /// over ranks; the ranges are reduced so all ranks agree.
+    private func calibrate(_ model: ResNet, on images: ImageSet) {
         Quantization.calibrate(model, options: options.calibration, communicator: communicator) {
-            forwardCalibrationSamples(model, train, training: false)
+            forwardCalibrationSamples(model, images, training: false)
         }
     }
 
     /// Forward passes over this rank's shard of a fixed, seeded subset of
-    /// the training set, in batches of 128 (32 in training mode, so batch
-    /// norm sees batches of the size it was trained with).
-    private func forwardCalibrationSamples(_ model: ResNet, _ train: Dataset, training: Bool) {
+    /// `images` (the training set's, or the zero-shot set), in batches of
+    /// 128 (32 in training mode, so batch norm sees batches of the size it
+    /// was trained with).
+    private func forwardCalibrationSamples(_ model: ResNet, _ images: ImageSet, training: Bool) {
         var rng = SplitMix64(seed: options.qat.seed, stream: [0x4341_4C49])
-        let chosen = Array(rng.permutation(train.count).prefix(options.calibrationSamples))
+        let chosen = Array(rng.permutation(images.count).prefix(options.calibrationSamples))
         let shard = contiguousShard(count: chosen.count, rank: communicator.rank, worldSize: communicator.size)
         let batch = training ? 32 : 128
-        let images = FloatBuffer(capacity: batch * train.sampleSize)
-        var labels = [Int32](repeating: 0, count: batch)
+        let pixels = FloatBuffer(capacity: batch * images.sampleSize)
         for start in stride(from: shard.lowerBound, to: shard.upperBound, by: batch) {
             let indices = chosen[start..<min(start + batch, shard.upperBound)]
-            labels.withUnsafeMutableBufferPointer { train.gatherBatch(indices, pixels: images.pointer, labels: $0.baseAddress!) }
-            _ = model.forward(FeatureMap(data: images.pointer, channels: train.channels, batch: indices.count,
-                                         height: train.height, width: train.width), training: training)
+            images.gatherBatch(indices, into: pixels.pointer)
+            _ = model.forward(FeatureMap(data: pixels.pointer, channels: images.channels, batch: indices.count,
+                                         height: images.height, width: images.width), training: training)
         }
     }
 
-    /// Genie-M / BRECQ block reconstruction on calibration images drawn
-    /// from the training set (labels unused).
-    private func reconstruct(_ model: ResNet, on train: Dataset, options reconstruction: ReconstructionOptions) {
-        var labels = [Int32](repeating: 0, count: reconstruction.batchSize)
-        let images = ReconstructionImages(count: train.count, channels: train.channels, height: train.height,
-                                          width: train.width) { indices, pixels in
-            labels.withUnsafeMutableBufferPointer { train.gatherBatch(indices, pixels: pixels, labels: $0.baseAddress!) }
-        }
+    /// Genie-M / BRECQ block reconstruction on a seeded subset of `images`.
+    private func reconstruct(_ model: ResNet, on images: ImageSet, options reconstruction: ReconstructionOptions) {
+        let source = ReconstructionImages(count: images.count, channels: images.channels, height: images.height,
+                                          width: images.width, gather: images.gatherBatch)
         let report = Quantization.reconstruct(model, options: reconstruction, communicator: communicator,
-                                              images: images) { self.log.say($0) }
+                                              images: source) { self.log.say($0) }
         log.record("reconstruction", [
             "seconds": report.seconds, "samples": report.samples, "iterations": reconstruction.iterations,
             "units": report.units.map { ["unit": $0.name, "mse_before": $0.errorBefore, "mse_after": $0.errorAfter,
                                          "changed": $0.changedRoundings, "weights": $0.weights, "seconds": $0.seconds] },
         ])
+    }
+
+    /// The images of a zero-shot run and its FP32 teacher, made (or read)
+    /// before calibration while `model` still holds the FP32 weights, or
+    /// after a QAT resume (`resumedQAT`) from fp32.safetensors; a resume must
+    /// use the images its checkpoint was trained on.
+    private func prepareZeroShot(_ zeroShot: ZeroShotOptions, model: ResNet, train: Dataset,
+                                 resumedQAT: SafeTensorsFile?) throws -> (data: ZeroShotData, teacher: Distillation) {
+        let fp32 = try fp32Copy(of: model, fromFile: resumedQAT != nil)
+        let data = try ZeroShotData(options: zeroShot, teacher: fp32, teacherPath: fp32Path, train: train,
+                                    dataset: options.dataset, seed: options.qat.seed,
+                                    outputDirectory: options.outputDirectory, communicator: communicator, log: log,
+                                    logEvery: options.qat.logEvery)
+        if let resumedQAT, resumedQAT.metadata["efqat.zero_shot"] != data.description {
+            throw RunError.invalid("\(resumedPath ?? ""): checkpoint was trained on "
+                + "\(resumedQAT.metadata["efqat.zero_shot"] ?? "the labelled training set"), this run uses \(data.description)")
+        }
+        log.say("zero-shot: the quantization stages run on \(data.description); "
+                + "QAT distils from the FP32 model (T = \(zeroShot.temperature)); no labels")
+        log.record("zero_shot", ["data": zeroShot.source.rawValue, "images": data.images.count,
+                                 "description": data.description, "temperature": Double(zeroShot.temperature)])
+        return (data, Distillation(teacher: fp32, temperature: zeroShot.temperature))
+    }
+
+    /// A separate FP32 model (the distillation teacher, the data
+    /// synthesiser, MixQuant's input): a copy of `model` while it holds the
+    /// FP32 weights, or read from fp32.safetensors once a QAT resume has
+    /// replaced them.
+    private func fp32Copy(of model: ResNet, fromFile: Bool) throws -> ResNet {
+        let copy = ResNet(model.config)
+        if fromFile {
+            try ModelCheckpoint.restore(try rootReads(fp32Path), path: fp32Path, into: copy,
+                                        requireQuantizers: false, optimizer: nil)
+        } else {
+            copy.store.parameters.copy(from: model.store.parameters)
+            copy.store.state.copy(from: model.store.state)
+        }
+        return copy
     }
 
     // MARK: Checkpoints
@@ -460,10 +521,12 @@ public final class Pipeline {
         ].joined(separator: "\n")
     }
 
-    private func printSummary(totalSeconds: Double, efqat: String?) {
+    private func printSummary(totalSeconds: Double, efqat: String?, zeroShot: ZeroShotData?) {
         guard communicator.isRoot else { return }
         let text = SummaryTable(rows: results).render() + "\n"
             + (efqat.map { $0 + "\n" } ?? "")
+            + (zeroShot.map { "zero-shot: PTQ and QAT on \($0.description), QAT by distillation from the FP32 model; "
+                + "the FP32 model alone was trained with labels\n" } ?? "")
             + String(format: "total wall time %.1f s on %d rank(s); outputs in %@", totalSeconds, communicator.size,
                      options.outputDirectory)
         log.say("")
@@ -486,6 +549,7 @@ public final class Pipeline {
                 return row
             },
             "total_seconds": totalSeconds, "world_size": communicator.size,
+            "zero_shot": zeroShot?.description ?? NSNull(),
         ])
     }
 }

@@ -69,6 +69,44 @@ public struct PhaseReport: Sendable {
     public var backwardPerStep: Double { steps > 0 ? times.backward / Double(steps) : 0 }
 }
 
+/// Training without labels (zero-shot QAT): the student matches the
+/// softened logits of a teacher on the same images (`softmaxDistillation`).
+public struct Distillation {
+    /// The FP32 model, run in evaluation mode (running statistics); it is
+    /// never changed.
+    public let teacher: ResNet
+    /// T of softmax(logits / T); 1 compares the plain output distributions.
+    public let temperature: Float
+
+    public init(teacher: ResNet, temperature: Float = 1) {
+        precondition(temperature > 0 && temperature.isFinite, "distillation temperature must be positive")
+        self.teacher = teacher
+        self.temperature = temperature
+    }
+}
+
+/// What a phase trains on and what it minimises.
+enum TrainingSamples {
+    /// Labelled samples: softmax cross-entropy against the labels.
+    case labeled(Dataset)
+    /// Images alone: distillation from a teacher.
+    case distilled(ImageSet, Distillation)
+
+    var count: Int {
+        switch self {
+        case .labeled(let data): data.count
+        case .distilled(let images, _): images.count
+        }
+    }
+
+    var sampleSize: Int {
+        switch self {
+        case .labeled(let data): data.sampleSize
+        case .distilled(let images, _): images.sampleSize
+        }
+    }
+}
+
 /// Data-parallel training of a model for one phase: every rank runs its
 /// micro-batches of each global batch, one all-reduce averages what is
 /// trained, and every rank applies the same update, so all ranks hold
@@ -79,7 +117,7 @@ public final class Trainer {
     public let optimizer: SGD
     public private(set) var position = TrainingPosition()
     private let communicator: Communicator
-    private let data: Dataset
+    private let samples: TrainingSamples
     private let log: RunLog
     private let partition: BatchPartition
     private let reducer: GradientReducer
@@ -92,23 +130,40 @@ public final class Trainer {
     private var labels: [Int32]
     private let logitGradient = FloatBuffer()
 
-    public init(model: ResNet, data: Dataset, options: PhaseOptions, communicator: Communicator,
-                log: RunLog, channels: CriticalChannels? = nil) throws {
+    /// Trains on labelled samples with cross-entropy.
+    public convenience init(model: ResNet, data: Dataset, options: PhaseOptions, communicator: Communicator,
+                            log: RunLog, channels: CriticalChannels? = nil) throws {
+        try self.init(model: model, samples: .labeled(data), options: options, communicator: communicator, log: log,
+                      channels: channels)
+    }
+
+    /// Trains on images without labels by distillation from `distillation.teacher`.
+    public convenience init(model: ResNet, images: ImageSet, distillation: Distillation, options: PhaseOptions,
+                            communicator: Communicator, log: RunLog, channels: CriticalChannels? = nil) throws {
+        guard options.augmentShift == 0 else {
+            throw RunError.invalid("distillation trains on the images as given: augmentation (shift \(options.augmentShift)) must be off")
+        }
+        try self.init(model: model, samples: .distilled(images, distillation), options: options,
+                      communicator: communicator, log: log, channels: channels)
+    }
+
+    init(model: ResNet, samples: TrainingSamples, options: PhaseOptions, communicator: Communicator,
+         log: RunLog, channels: CriticalChannels?) throws {
         self.model = model
-        self.data = data
+        self.samples = samples
         self.options = options
         self.communicator = communicator
         self.log = log
         partition = try BatchPartition(globalBatch: options.globalBatch, worldSize: communicator.size,
                                        accumulationSteps: options.accumulation)
-        guard options.globalBatch <= data.count else {
-            throw RunError.invalid("global batch \(options.globalBatch) exceeds the \(data.count) training samples")
+        guard options.globalBatch <= samples.count else {
+            throw RunError.invalid("global batch \(options.globalBatch) exceeds the \(samples.count) training samples")
         }
         optimizer = SGD(layout: model.store.parameterLayout, momentum: options.momentum,
                         weightDecay: options.weightDecay)
         self.channels = channels
         reducer = GradientReducer(spans: model.store.allTrainedSpans, norms: model.batchNorms, extras: 2)
-        images = FloatBuffer(capacity: partition.microBatchSize * data.sampleSize)
+        images = FloatBuffer(capacity: partition.microBatchSize * samples.sampleSize)
         labels = Array(repeating: 0, count: partition.microBatchSize)
     }
 
@@ -117,9 +172,9 @@ public final class Trainer {
     /// Micro-batches per global batch, over all ranks (ranks × accumulation).
     public var microBatchesPerStep: Int { partition.parts }
     /// Training samples in the data set this phase trains on.
-    public var sampleCount: Int { data.count }
+    public var sampleCount: Int { samples.count }
 
-    public var stepsPerEpoch: Int { EpochOrder.stepsPerEpoch(sampleCount: data.count, globalBatch: options.globalBatch) }
+    public var stepsPerEpoch: Int { EpochOrder.stepsPerEpoch(sampleCount: samples.count, globalBatch: options.globalBatch) }
     public var totalSteps: Int { stepsPerEpoch * options.epochs }
     public var isFinished: Bool { position.epoch >= options.epochs }
 
@@ -140,7 +195,7 @@ public final class Trainer {
         let start = Date()
         while !isFinished {
             let epoch = position.epoch
-            let order = try EpochOrder(seed: options.seed, epoch: epoch, sampleCount: data.count,
+            let order = try EpochOrder(seed: options.seed, epoch: epoch, sampleCount: samples.count,
                                        globalBatch: options.globalBatch)
             while position.epoch == epoch {
                 let globalStep = position.epoch * stepsPerEpoch + position.step
@@ -194,19 +249,10 @@ public final class Trainer {
         var scalars: [Float] = [0, 0]
         for part in partition.parts(ofRank: communicator.rank) {
             let indices = order.indices(step: step, part: part, parts: partition.parts)
-            labels.withUnsafeMutableBufferPointer { data.gatherBatch(indices, pixels: images.pointer, labels: $0.baseAddress!) }
-            RandomTranslation(maxShift: options.augmentShift, seed: options.seed)
-                .apply(to: images.pointer, indices: indices, epoch: order.epoch, dataset: data)
-            let x = FeatureMap(data: images.pointer, channels: data.channels, batch: micro,
-                               height: data.height, width: data.width)
             let t0 = monotonicSeconds()
-            let logits = model.forward(x, training: true)
-            let result = labels.withUnsafeBufferPointer {
-                softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!,
-                                    gradient: logitGradient.reserve(logits.count), gradientScale: 1 / Float(micro))
-            }
+            let result = forwardAndLoss(indices, epoch: order.epoch)
             let t1 = monotonicSeconds()
-            model.backward(FeatureMap(data: logitGradient.pointer, channels: logits.channels, batch: micro,
+            model.backward(FeatureMap(data: logitGradient.pointer, channels: model.config.classes, batch: micro,
                                       height: 1, width: 1))
             let t2 = monotonicSeconds()
             times.forward += t1 - t0
@@ -223,6 +269,34 @@ public final class Trainer {
         times.communication += t1 - t0
         times.update += monotonicSeconds() - t1
         return (scalars[0] / Float(partition.parts), scalars[1] / Float(options.globalBatch))
+    }
+
+    /// Gathers the micro-batch at `indices`, runs the training forward pass
+    /// and the loss, and leaves dL/dlogits (of the micro-batch mean) in
+    /// `logitGradient`. `correct` counts agreement with the labels, or with
+    /// the teacher when distilling.
+    private func forwardAndLoss(_ indices: ArraySlice<Int>, epoch: Int) -> CrossEntropyResult {
+        let micro = indices.count
+        switch samples {
+        case .labeled(let data):
+            labels.withUnsafeMutableBufferPointer { data.gatherBatch(indices, pixels: images.pointer, labels: $0.baseAddress!) }
+            RandomTranslation(maxShift: options.augmentShift, seed: options.seed)
+                .apply(to: images.pointer, indices: indices, epoch: epoch, dataset: data)
+            let logits = model.forward(FeatureMap(data: images.pointer, channels: data.channels, batch: micro,
+                                                  height: data.height, width: data.width), training: true)
+            return labels.withUnsafeBufferPointer {
+                softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!,
+                                    gradient: logitGradient.reserve(logits.count), gradientScale: 1 / Float(micro))
+            }
+        case .distilled(let set, let distillation):
+            set.gatherBatch(indices, into: images.pointer)
+            let x = FeatureMap(data: images.pointer, channels: set.channels, batch: micro,
+                               height: set.height, width: set.width)
+            let target = distillation.teacher.forward(x, training: false)
+            let logits = model.forward(x, training: true)
+            return softmaxDistillation(student: logits, teacher: target, temperature: distillation.temperature,
+                                       gradient: logitGradient.reserve(logits.count), gradientScale: 1 / Float(micro))
+        }
     }
 }
 

@@ -271,6 +271,32 @@ enum Jobs {
     }
 }
 
+/// Tests whose jobs write into a fresh temporary folder, removed afterwards
+/// unless EFQAT_KEEP_TEST_RUNS is set.
+class JobTestCase: XCTestCase {
+    var folder = ""
+
+    override func setUpWithError() throws {
+        folder = FileManager.default.temporaryDirectory
+            .appendingPathComponent("efqat-\(Self.self)-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        if ProcessInfo.processInfo.environment["EFQAT_KEEP_TEST_RUNS"] == nil {
+            try? FileManager.default.removeItem(atPath: folder)
+        }
+    }
+
+    /// Fails the test, and throws to end it, unless the job exited cleanly.
+    func assertSucceeded(_ job: JobResult, file: StaticString = #filePath, line: UInt = #line) throws {
+        XCTAssertFalse(job.timedOut, "the job hung and was killed\n\(job.report)", file: file, line: line)
+        XCTAssertEqual(job.status, 0, "the job failed\n\(job.report)", file: file, line: line)
+        XCTAssertEqual(job.leftovers, [], "processes left behind", file: file, line: line)
+        guard job.status == 0 else { throw SetupError("job failed; see above") }
+    }
+}
+
 /// The JSON lines of a run's metrics.jsonl (or another JSON-lines file of the run).
 func metricsRecords(in folder: String, file: String = "metrics.jsonl") throws -> [[String: Any]] {
     let text = try String(contentsOfFile: folder + "/" + file, encoding: .utf8)

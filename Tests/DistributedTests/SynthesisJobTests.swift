@@ -5,29 +5,8 @@ import XCTest
 /// seed and its index, so one process, 2 ranks and 4 ranks write the very
 /// same data set file, byte for byte, and so does a 2-rank run that is
 /// interrupted after some batches and run again.
-final class SynthesisJobTests: XCTestCase {
+final class SynthesisJobTests: JobTestCase {
     static let timeout: TimeInterval = 300
-
-    private var folder = ""
-
-    override func setUpWithError() throws {
-        folder = FileManager.default.temporaryDirectory
-            .appendingPathComponent("efqat-genie-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        if ProcessInfo.processInfo.environment["EFQAT_KEEP_TEST_RUNS"] == nil {
-            try? FileManager.default.removeItem(atPath: folder)
-        }
-    }
-
-    private func assertSucceeded(_ job: JobResult, file: StaticString = #filePath, line: UInt = #line) throws {
-        XCTAssertFalse(job.timedOut, "the job hung and was killed\n\(job.report)", file: file, line: line)
-        XCTAssertEqual(job.status, 0, "the job failed\n\(job.report)", file: file, line: line)
-        XCTAssertEqual(job.leftovers, [], "processes left behind", file: file, line: line)
-        guard job.status == 0 else { throw SetupError("job failed; see above") }
-    }
 
     func testAnyNumberOfRanksWritesTheSameDataSet() throws {
         // The teacher: a short FP32 run (4 steps), enough for real batch-norm statistics.

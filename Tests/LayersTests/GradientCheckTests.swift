@@ -329,6 +329,46 @@ final class GradientCheckTests: XCTestCase {
         }
     }
 
+    func testSoftmaxDistillation() {
+        let classes = 5, n = 3
+        var rng = SplitMix64(seed: 13)
+        let student = OwnedMap(channels: classes, batch: n, height: 1, width: 1, random: &rng, range: -3...3)
+        let teacher = OwnedMap(channels: classes, batch: n, height: 1, width: 1, random: &rng, range: -3...3)
+        for temperature: Float in [1, 2.5] {
+            var gradient = [Float](repeating: .nan, count: classes * n)
+            let result = softmaxDistillation(student: student.map, teacher: teacher.map, temperature: temperature,
+                                             gradient: &gradient, gradientScale: 1 / Float(n))
+
+            // Reference: T^2 * KL(p || q) in Double, averaged over the batch.
+            var total: Double = 0, agree = 0
+            for j in 0..<n {
+                func softmax(_ m: FeatureMap) -> [Double] {
+                    let e = (0..<classes).map { exp(Double(m.data[$0 * n + j]) / Double(temperature)) }
+                    return e.map { $0 / e.reduce(0, +) }
+                }
+                let p = softmax(teacher.map), q = softmax(student.map)
+                total += zip(p, q).reduce(0) { $0 + $1.0 * log($1.0 / $1.1) }
+                if p.indices.max(by: { p[$0] < p[$1] }) == q.indices.max(by: { q[$0] < q[$1] }) { agree += 1 }
+            }
+            let t2 = Double(temperature * temperature)
+            assertClose(Double(result.loss), t2 * total / Double(n), tolerance: 1e-5, "mean loss at T = \(temperature)")
+            XCTAssertEqual(result.correct, agree, "samples whose arg-max matches the teacher's")
+
+            checkGradient("dstudent at T = \(temperature)", values: student.map.data, indices: Array(0..<classes * n),
+                          analytic: { gradient[$0] }, eps: 1e-3) {
+                Double(softmaxDistillation(student: student.map, teacher: teacher.map, temperature: temperature,
+                                           gradient: nil, gradientScale: 1).loss)
+            }
+        }
+        // A student that equals its teacher has nothing to learn.
+        var gradient = [Float](repeating: .nan, count: classes * n)
+        let same = softmaxDistillation(student: teacher.map, teacher: teacher.map, temperature: 1, gradient: &gradient,
+                                       gradientScale: 1)
+        XCTAssertEqual(same.loss, 0, accuracy: 1e-6)
+        XCTAssertEqual(same.correct, n)
+        XCTAssert(gradient.allSatisfy { abs($0) < 1e-6 }, "gradient at the minimum: \(gradient)")
+    }
+
     // MARK: Composite: a residual block and a whole network
 
     func testBasicBlockWithDownsample() {

@@ -1,0 +1,55 @@
+import Data
+import Distributed
+import Kernels
+import Layers
+import Training
+import XCTest
+
+/// QAT without labels: a W4A4 student learns from its FP32 teacher's logits.
+final class DistillationTests: XCTestCase {
+    let communicator = SingleProcessCommunicator()
+
+    /// Mean distillation loss and teacher agreement of `student` on all of `images`.
+    func distillationLoss(_ student: ResNet, teacher: ResNet, on images: ImageSet) -> (loss: Float, agreement: Int) {
+        let pixels = FloatBuffer(capacity: images.count * images.sampleSize)
+        images.gatherBatch(Array(0..<images.count)[...], into: pixels.pointer)
+        let x = FeatureMap(data: pixels.pointer, channels: 1, batch: images.count, height: 8, width: 8)
+        let target = teacher.forward(x, training: false)
+        let result = softmaxDistillation(student: student.forward(x, training: false), teacher: target, temperature: 1,
+                                         gradient: nil, gradientScale: 0)
+        return (result.loss, result.correct)
+    }
+
+    func testDistillationTrainsTheStudentTowardsTheTeacher() throws {
+        let data = syntheticDataset()
+        let teacher = tinyModel()
+        _ = try Trainer(model: teacher, data: data, options: phase(epochs: 4), communicator: communicator,
+                        log: RunLog(active: false, metricsPath: nil)).run { _ in }
+        // A W4A4 student from another initialisation: far from its teacher.
+        let student = tinyModel(seed: 2)
+        quantize(student, data: data)
+        let teacherBefore = snapshot(teacher)
+
+        // Images only: the trainer never sees a label.
+        let images = ImageSet(data)
+        let before = distillationLoss(student, teacher: teacher, on: images)
+        XCTAssertGreaterThan(before.loss, 0.1, "the student should have something to learn")
+        let report = try Trainer(model: student, images: images, distillation: Distillation(teacher: teacher),
+                                 options: phase(epochs: 4), communicator: communicator,
+                                 log: RunLog(active: false, metricsPath: nil)).run { _ in }
+        let after = distillationLoss(student, teacher: teacher, on: images)
+        XCTAssertEqual(report.steps, 4 * (96 / 16))
+        XCTAssertLessThan(after.loss, before.loss * 0.5, "distillation loss \(before.loss) -> \(after.loss)")
+        XCTAssertGreaterThan(after.agreement, before.agreement, "images of 96 whose prediction agrees with the teacher's")
+        XCTAssertEqual(snapshot(teacher), teacherBefore, "the teacher must not change")
+    }
+
+    func testDistillationRefusesAugmentation() {
+        var options = phase(epochs: 1)
+        options.augmentShift = 1
+        let model = tinyModel()
+        XCTAssertThrowsError(try Trainer(model: model, images: ImageSet(syntheticDataset()),
+                                         distillation: Distillation(teacher: tinyModel()), options: options,
+                                         communicator: communicator, log: RunLog(active: false, metricsPath: nil)))
+    }
+}

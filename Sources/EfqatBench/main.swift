@@ -20,6 +20,10 @@ struct Bench: ParsableCommand {
     var batch = 128
     @Option(help: "Timed steps per configuration (after 2 warm-up steps).")
     var steps = 10
+    @Option(help: ArgumentHelp("What the step times measure: wall (elapsed time) or cpu (this thread's CPU time, "
+                               + "which other processes on the machine disturb far less; needs --threads 1).",
+                               valueName: "clock"))
+    var clock: Clock = .wall
     @Option(help: "OpenBLAS threads.")
     var threads = 1
     @Option(help: "Full-QAT configurations to time, as W<bits>A<bits>, comma-separated.")
@@ -59,9 +63,13 @@ struct Bench: ParsableCommand {
         }
     }
 
+    func validate() throws {
+        if clock == .cpu && threads != 1 { throw ValidationError("--clock cpu measures one thread: use --threads 1") }
+    }
+
     func run() throws {
         setBLASThreads(threads)
-        print("efqat-bench: ResNet-20, batch \(batch), 1x28x28, \(threads) thread(s), \(steps) timed steps, "
+        print("efqat-bench: ResNet-20, batch \(batch), 1x28x28, \(threads) thread(s), \(steps) timed steps, \(clock) clock, "
               + "weights: \(weights ?? "random initialisation")")
         print(gemmReport())
         let images = FloatBuffer(capacity: batch * 784)
@@ -138,20 +146,20 @@ struct Bench: ParsableCommand {
     /// update seconds.
     func step(_ c: Configuration, _ x: FeatureMap, _ labels: [Int32], _ dLogits: FloatBuffer) -> [Double] {
         let model = c.model
-        let t0 = monotonicSeconds()
+        let t0 = clock.now()
         let logits = model.forward(x, training: true)
         _ = labels.withUnsafeBufferPointer {
             softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, gradient: dLogits.pointer,
                                 gradientScale: 1 / Float(batch))
         }
-        let t1 = monotonicSeconds()
+        let t1 = clock.now()
         model.store.gradients.zero()
         model.backward(FeatureMap(data: dLogits.pointer, channels: 10, batch: batch, height: 1, width: 1))
-        let t2 = monotonicSeconds()
+        let t2 = clock.now()
         c.optimizer.step(parameters: model.store.parameters, gradients: model.store.gradients, spans: c.spans,
                          learningRate: 0.01)
         model.commitRunningStatistics()
-        return [t1 - t0, t2 - t1, monotonicSeconds() - t2]
+        return [t1 - t0, t2 - t1, clock.now() - t2]
     }
 
     /// sgemm GFLOP/s on a square problem and on the shape of ResNet-20's
@@ -174,5 +182,20 @@ struct Bench: ParsableCommand {
 }
 
 extension SelectionMode: ExpressibleByArgument {}
+
+/// The clock step times are read from.
+enum Clock: String, ExpressibleByArgument {
+    case wall, cpu
+
+    func now() -> Double {
+        switch self {
+        case .wall: return monotonicSeconds()
+        case .cpu:
+            var t = timespec()
+            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
+            return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+        }
+    }
+}
 
 Bench.main()

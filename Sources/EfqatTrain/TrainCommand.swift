@@ -153,7 +153,7 @@ struct TrainCommand: RankCommand {
     var efqatFraction = 0.1
 
     @Option(help: ArgumentHelp("EfQAT: re-rank the channels from the current weights: 'epoch' (at every epoch start), "
-                               + "a number of steps, or 'never' (only before the first step).", valueName: "when"),
+                               + "a number of steps, or 'never' (only before the first step). Default: epoch.", valueName: "when"),
             transform: { text in
                 guard let interval = RefreshInterval(parsing: text) else {
                     throw ValidationError("--efqat-refresh: expected 'epoch', 'never' or a positive step count, got '\(text)'")

@@ -85,7 +85,7 @@ ptq() {  # name, then efqat-train options
     shift
     run "ptq-$name" 1 --qat-epochs 0 "$@"
 }
-if wants ptq; then for bits in 8:8 4:4 3:3 2:4; do
+if wants ptq; then for bits in 4:4 3:3 2:4 8:8; do
     w=${bits%:*} a=${bits#*:}
     ptq "W${w}A${a}-minmax-stale-bn" --weight-bits "$w" --activation-bits "$a" --no-bn-reestimate
     ptq "W${w}A${a}-minmax" --weight-bits "$w" --activation-bits "$a"

@@ -25,7 +25,8 @@ def trained(stages):
 
 
 def exists(run):
-    return (out / run / "metrics.jsonl").exists()
+    """A finished run: results.sh writes RUN.seconds when it ends."""
+    return (out / f"{run}.seconds").exists() and (out / run / "metrics.jsonl").exists()
 
 
 def pct(x):

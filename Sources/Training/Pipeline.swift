@@ -193,7 +193,7 @@ public final class Pipeline {
                      channels: channels)
         if resumePhase == "qat", let resumed {
             try restore(resumed, into: model, trainer: qatTrainer, quantized: true)
-            try restoreSelection(resumed, into: channels)
+            try EfqatCheckpoint.restore(resumed, path: resumedPath ?? "", into: channels)
             ptqStage.accuracy = Double(resumed.metadata["efqat.ptq_accuracy"] ?? "") ?? .nan
         } else {
             let t0 = Date()
@@ -414,11 +414,6 @@ public final class Pipeline {
             throw RunError.invalid("\(path): metadata has no training position")
         }
         trainer.resume(at: TrainingPosition(epoch: epoch, step: step))
-    }
-
-    /// The channel selection a QAT checkpoint was saved with.
-    private func restoreSelection(_ file: SafeTensorsFile, into channels: CriticalChannels) throws {
-        try EfqatCheckpoint.restore(file, path: resumedPath ?? "", into: channels)
     }
 
     private func layerBits(_ model: ResNet) -> [String: String] {

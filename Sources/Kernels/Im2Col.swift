@@ -27,6 +27,10 @@ public struct ConvGeometry: Sendable, Equatable {
     /// A 1x1, stride-1, unpadded convolution reads its input as the patch
     /// matrix directly: no im2col copy.
     public var isPointwise: Bool { kernel == 1 && stride == 1 && padding == 0 }
+    /// Stride 1 with "same" padding: output pixel (y, x) of tap (ky, kx)
+    /// reads input pixel (y, x) shifted by a constant flat offset, so a tap
+    /// of one image is one long copy (see `im2col`).
+    public var isShiftedCopy: Bool { stride == 1 && outHeight == height && outWidth == width }
 
     /// Output columns ow whose input column ow*stride - padding + kx is
     /// inside the image.
@@ -48,6 +52,10 @@ public struct ConvGeometry: Sendable, Equatable {
 /// or 0 in the padding.
 public func im2col(_ g: ConvGeometry, input x: UnsafePointer<Float>, batch: Int,
                    images: Range<Int>, col: UnsafeMutablePointer<Float>) {
+    if g.isShiftedCopy {
+        im2colShifted(g, input: x, batch: batch, images: images, col: col)
+        return
+    }
     let (H, W, OH, OW, s, p, k) = (g.height, g.width, g.outHeight, g.outWidth, g.stride, g.padding, g.kernel)
     let columns = images.count * OH * OW
     for c in 0..<g.inChannels {
@@ -81,9 +89,14 @@ public func im2col(_ g: ConvGeometry, input x: UnsafePointer<Float>, batch: Int,
 
 /// The adjoint of `im2col`: adds every patch-matrix entry back onto the
 /// input position it was copied from. `dx` must be zeroed by the caller
-/// (once, before the first chunk).
-public func col2im(_ g: ConvGeometry, col: UnsafePointer<Float>, batch: Int,
+/// (once, before the first chunk). May overwrite the entries of `col` that
+/// lie in the padding (they have no input position).
+public func col2im(_ g: ConvGeometry, col: UnsafeMutablePointer<Float>, batch: Int,
                    images: Range<Int>, inputGradient dx: UnsafeMutablePointer<Float>) {
+    if g.isShiftedCopy {
+        col2imShifted(g, col: col, batch: batch, images: images, inputGradient: dx)
+        return
+    }
     let (H, W, OH, OW, s, p, k) = (g.height, g.width, g.outHeight, g.outWidth, g.stride, g.padding, g.kernel)
     let columns = images.count * OH * OW
     for c in 0..<g.inChannels {
@@ -105,6 +118,90 @@ public func col2im(_ g: ConvGeometry, col: UnsafePointer<Float>, batch: Int,
                             for ox in valid { dst[ox * s] += src[ox] }
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// The taps of a `isShiftedCopy` geometry: tap (ky, kx) maps output pixel
+/// d = y*W + x of an image to input pixel d + shift. Destinations in
+/// `inside` have their source inside the image; of those, the first or last
+/// `abs(columnShift)` pixels of every row wrap around into the neighbouring
+/// row and belong to the padding.
+private struct ShiftedTap {
+    let shift: Int
+    let columnShift: Int
+    let inside: Range<Int>
+
+    init(_ g: ConvGeometry, ky: Int, kx: Int) {
+        let plane = g.height * g.width
+        columnShift = kx - g.padding
+        shift = (ky - g.padding) * g.width + columnShift
+        let lo = min(plane, max(0, -shift))
+        inside = lo..<max(lo, min(plane, plane - shift))
+    }
+
+    /// Calls `body` with the wrapped pixels of each row, as ranges of flat
+    /// destinations.
+    @inline(__always)
+    func forEachWrappedRun(_ g: ConvGeometry, _ body: (Range<Int>) -> Void) {
+        guard columnShift != 0 else { return }
+        let wrapped = min(g.width, abs(columnShift))
+        for y in 0..<g.height {
+            let first = columnShift < 0 ? y * g.width : (y + 1) * g.width - wrapped
+            body(first..<(first + wrapped))
+        }
+    }
+}
+
+/// `im2col` for stride 1 with same padding: per tap and image, one copy of
+/// the shifted image, then zeros where the tap reads the padding. Several
+/// times faster than row-by-row copies for small feature maps.
+private func im2colShifted(_ g: ConvGeometry, input x: UnsafePointer<Float>, batch: Int,
+                           images: Range<Int>, col: UnsafeMutablePointer<Float>) {
+    let k = g.kernel, plane = g.height * g.width
+    let columns = images.count * plane
+    for ky in 0..<k {
+        for kx in 0..<k {
+            let tap = ShiftedTap(g, ky: ky, kx: kx)
+            let inside = tap.inside
+            for c in 0..<g.inChannels {
+                let row = col + ((c * k + ky) * k + kx) * columns
+                for (j, n) in images.enumerated() {
+                    let out = row + j * plane
+                    let image = x + (c * batch + n) * plane
+                    out.update(repeating: 0, count: inside.lowerBound)
+                    (out + inside.lowerBound).update(from: image + inside.lowerBound + tap.shift, count: inside.count)
+                    (out + inside.upperBound).update(repeating: 0, count: plane - inside.upperBound)
+                    tap.forEachWrappedRun(g) { run in
+                        for d in run { out[d] = 0 }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `col2im` for stride 1 with same padding: per tap and image, zero the
+/// wrapped entries of `col`, then one long shifted add.
+private func col2imShifted(_ g: ConvGeometry, col: UnsafeMutablePointer<Float>, batch: Int,
+                           images: Range<Int>, inputGradient dx: UnsafeMutablePointer<Float>) {
+    let k = g.kernel, plane = g.height * g.width
+    let columns = images.count * plane
+    for ky in 0..<k {
+        for kx in 0..<k {
+            let tap = ShiftedTap(g, ky: ky, kx: kx)
+            let inside = tap.inside
+            for c in 0..<g.inChannels {
+                let row = col + ((c * k + ky) * k + kx) * columns
+                for (j, n) in images.enumerated() {
+                    let source = row + j * plane
+                    let target = dx + (c * batch + n) * plane + tap.shift
+                    tap.forEachWrappedRun(g) { run in
+                        for d in run { source[d] = 0 }
+                    }
+                    for d in inside { target[d] += source[d] }
                 }
             }
         }

@@ -192,6 +192,11 @@ public final class Conv2d {
                       dy.data, ldb: columns, dx.data, ldc: columns)
             }
         } else {
+            let fromOutputPatches = selectedRows > 0 && stride == 1 && padding < kernel && selectedRows < inChannels
+            if fromOutputPatches {
+                selectedWeightGradientFromOutputPatches(g, dySelected: dySelected, rows: selectedRows, input: xq,
+                                                        batch: n, into: dwSelected)
+            }
             if needsDx { dx.buffer.update(repeating: 0) }
             let step = chunk(g, batch: n)
             let col = workspace.patches.reserve(K * step * g.outPixels)
@@ -199,7 +204,7 @@ public final class Conv2d {
                 let images = first..<min(n, first + step)
                 let chunkColumns = images.count * g.outPixels
                 let offset = first * g.outPixels
-                if selectedRows > 0 {
+                if selectedRows > 0 && !fromOutputPatches {
                     im2col(g, input: xq, batch: n, images: images, col: col)
                     sgemm(transposeB: true, m: selectedRows, n: K, k: chunkColumns,
                           dySelected + offset, lda: columns, col, ldb: chunkColumns,
@@ -236,6 +241,46 @@ public final class Conv2d {
         }
         if let swing, needsInputGradient { return swing.backward(dx) }
         return dx
+    }
+}
+
+extension Conv2d {
+    /// dW of the selected rows S of a stride-1 convolution when |S| < C_in,
+    /// from a patch matrix of dY_S instead of x: it has |S|·k² rows instead
+    /// of C_in·k², so EfQAT's backward copies (and multiplies) only in
+    /// proportion to what it trains.
+    ///
+    /// dW[s, c, ky, kx] = sum_j Z[(s, k-1-ky, k-1-kx), j] * x_q[c, j], where
+    /// j runs over (image, input pixel) and Z = im2col(dY_S) with padding
+    /// k-1-p, whose output grid is x's. So [|S|·k², C_in] = Z * x_qᵀ is one
+    /// GEMM per chunk (x_q in CNHW is already [C_in, N*H*W]), and a
+    /// transpose of its small result gives the rows of dW.
+    fileprivate func selectedWeightGradientFromOutputPatches(
+        _ g: ConvGeometry, dySelected: UnsafePointer<Float>, rows: Int, input xq: UnsafePointer<Float>,
+        batch n: Int, into dwSelected: UnsafeMutablePointer<Float>
+    ) {
+        let k = kernel, taps = k * k, inputPlane = g.height * g.width
+        let patches = ConvGeometry(inChannels: rows, outChannels: inChannels, kernel: k, stride: 1,
+                                   padding: k - 1 - padding, height: g.outHeight, width: g.outWidth)
+        precondition(patches.outHeight == g.height && patches.outWidth == g.width)
+        let m = rows * taps
+        let byTap = workspace.weightGradientByTap.reserve(m * inChannels)
+        byTap.update(repeating: 0, count: m * inChannels)
+        let step = max(1, min(n, workspace.chunkElements / max(1, m * inputPlane)))
+        let z = workspace.patches.reserve(m * step * inputPlane)
+        for first in Swift.stride(from: 0, to: n, by: step) {
+            let images = first..<min(n, first + step)
+            let chunkColumns = images.count * inputPlane
+            im2col(patches, input: dySelected, batch: n, images: images, col: z)
+            sgemm(transposeB: true, m: m, n: inChannels, k: chunkColumns, z, lda: chunkColumns,
+                  xq + first * inputPlane, ldb: n * inputPlane, beta: 1, byTap, ldc: inChannels)
+        }
+        for s in 0..<rows {
+            for c in 0..<inChannels {
+                let target = dwSelected + (s * inChannels + c) * taps
+                for tap in 0..<taps { target[tap] = byTap[(s * taps + taps - 1 - tap) * inChannels + c] }
+            }
+        }
     }
 }
 

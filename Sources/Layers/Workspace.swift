@@ -8,6 +8,8 @@ public final class Workspace {
     public let weightGradient = FloatBuffer()
     /// The selected rows of a conv's dY, gathered (EfQAT).
     public let selectedOutputGradient = FloatBuffer()
+    /// The same dW as [|S|·k², C_in], when it comes from dY's patches.
+    public let weightGradientByTap = FloatBuffer()
 
     /// Patch-matrix elements per chunk of images. Convolutions im2col a few
     /// images at a time so the patch matrix stays in cache while the GEMM

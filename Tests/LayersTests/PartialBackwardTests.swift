@@ -14,10 +14,12 @@ final class PartialBackwardTests: XCTestCase {
         let x: OwnedMap
         let dy: OwnedMap
 
-        init(kernel: Int, stride: Int, quantizedWeights: Bool = false, seed: UInt64) {
+        init(kernel: Int, stride: Int, padding: Int? = nil, inChannels: Int = 3, quantizedWeights: Bool = false,
+             chunkElements: Int? = nil, seed: UInt64) {
             let workspace = Workspace()
-            conv = Conv2d(name: "conv", inChannels: 3, outChannels: 7, kernel: kernel, stride: stride,
-                          padding: kernel / 2, store: store, workspace: workspace)
+            if let chunkElements { workspace.chunkElements = chunkElements }
+            conv = Conv2d(name: "conv", inChannels: inChannels, outChannels: 7, kernel: kernel, stride: stride,
+                          padding: padding ?? kernel / 2, store: store, workspace: workspace)
             store.allocate()
             var rng = SplitMix64(seed: seed)
             fillUniform(store.parameters[conv.weight], &rng)
@@ -27,7 +29,7 @@ final class PartialBackwardTests: XCTestCase {
                 // Steps small enough that some weights are clamped.
                 fillUniform(store.parameters[conv.weightQuantizer.step], &rng, range: 0.08...0.2)
             }
-            x = OwnedMap(channels: 3, batch: 2, height: 5, width: 6, random: &rng)
+            x = OwnedMap(channels: inChannels, batch: 3, height: 5, width: 6, random: &rng)
             dy = OwnedMap(like: conv.forward(x.map), random: &rng)
         }
 
@@ -46,26 +48,52 @@ final class PartialBackwardTests: XCTestCase {
         for quantized in [false, true] {
             for (i, g) in Self.geometries.enumerated() {
                 let f = Fixture(kernel: g.kernel, stride: g.stride, quantizedWeights: quantized, seed: UInt64(i))
-                let full = f.backward()
-                f.conv.gradientRows = [1..<3, 5..<6]
-                let partial = f.backward()
-                let rowLength = f.conv.weight.rowLength
-                let what = "k\(g.kernel) s\(g.stride) quantized \(quantized)"
-                for row in 0..<7 {
-                    let rows = (row * rowLength)..<((row + 1) * rowLength)
-                    if [1, 2, 5].contains(row) {
-                        assertAllClose(Array(partial.dW[rows]), Array(full.dW[rows]), tolerance: 1e-6, "\(what) dW row \(row)")
-                        assertClose(Double(partial.steps[row]), Double(full.steps[row]), tolerance: 1e-6,
-                                    "\(what) step gradient of row \(row)")
-                    } else {
-                        XCTAssert(partial.dW[rows].allSatisfy { $0 == 0 }, "\(what): frozen row \(row) got a gradient")
-                        XCTAssertEqual(partial.steps[row], 0, "\(what): frozen row \(row) got a step gradient")
-                    }
-                }
-                XCTAssert(full.dW.contains { $0 != 0 })
-                assertAllClose(partial.dx, full.dx, tolerance: 1e-6, "\(what) dx")
+                checkSelectedRows(f, "k\(g.kernel) s\(g.stride) quantized \(quantized)")
             }
         }
+    }
+
+    /// Fewer selected rows than input channels at stride 1: dW comes from
+    /// the patches of dY's selected rows (every padding the identity
+    /// allows, same-size and not, in one chunk and in several).
+    func testSelectedRowsFromOutputPatchesMatchTheFullGradient() {
+        let cases: [(kernel: Int, padding: Int)] = [(3, 1), (3, 0), (3, 2), (5, 2), (5, 1), (2, 0), (2, 1)]
+        for quantized in [false, true] {
+            for (i, c) in cases.enumerated() {
+                for chunk in [nil, 1, 6 * 30 * 2] as [Int?] {
+                    let f = Fixture(kernel: c.kernel, stride: 1, padding: c.padding, inChannels: 6,
+                                    quantizedWeights: quantized, chunkElements: chunk, seed: UInt64(40 + i))
+                    // Another summation order: a few ulp apart.
+                    checkSelectedRows(f, "k\(c.kernel) p\(c.padding) chunk \(chunk ?? 0) quantized \(quantized)",
+                                      tolerance: 1e-5)
+                }
+            }
+        }
+    }
+
+    /// Rows 1, 2 and 5 against the full backward; the other rows untouched.
+    func checkSelectedRows(_ f: Fixture, _ what: String, tolerance: Double = 1e-6,
+                           file: StaticString = #filePath, line: UInt = #line) {
+        let full = f.backward()
+        f.conv.gradientRows = [1..<3, 5..<6]
+        let partial = f.backward()
+        let rowLength = f.conv.weight.rowLength
+        for row in 0..<7 {
+            let rows = (row * rowLength)..<((row + 1) * rowLength)
+            if [1, 2, 5].contains(row) {
+                assertAllClose(Array(partial.dW[rows]), Array(full.dW[rows]), tolerance: tolerance, "\(what) dW row \(row)",
+                               file: file, line: line)
+                assertClose(Double(partial.steps[row]), Double(full.steps[row]), tolerance: tolerance,
+                            "\(what) step gradient of row \(row)", file: file, line: line)
+            } else {
+                XCTAssert(partial.dW[rows].allSatisfy { $0 == 0 }, "\(what): frozen row \(row) got a gradient",
+                          file: file, line: line)
+                XCTAssertEqual(partial.steps[row], 0, "\(what): frozen row \(row) got a step gradient",
+                       file: file, line: line)
+            }
+        }
+        XCTAssert(full.dW.contains { $0 != 0 }, file: file, line: line)
+        assertAllClose(partial.dx, full.dx, tolerance: 1e-6, "\(what) dx", file: file, line: line)
     }
 
     func testNoRowsLeavesWeightGradientUntouched() {

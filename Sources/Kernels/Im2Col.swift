@@ -87,10 +87,10 @@ public func im2col(_ g: ConvGeometry, input x: UnsafePointer<Float>, batch: Int,
     }
 }
 
-/// The adjoint of `im2col`: adds every patch-matrix entry back onto the
-/// input position it was copied from. `dx` must be zeroed by the caller
-/// (once, before the first chunk). May overwrite the entries of `col` that
-/// lie in the padding (they have no input position).
+/// The adjoint of `im2col`: writes dx of images `images` as the sum of the
+/// patch-matrix entries copied from each input position (0 where none
+/// was). May overwrite the entries of `col` that lie in the padding (they
+/// have no input position).
 public func col2im(_ g: ConvGeometry, col: UnsafeMutablePointer<Float>, batch: Int,
                    images: Range<Int>, inputGradient dx: UnsafeMutablePointer<Float>) {
     if g.isShiftedCopy {
@@ -99,6 +99,9 @@ public func col2im(_ g: ConvGeometry, col: UnsafeMutablePointer<Float>, batch: I
     }
     let (H, W, OH, OW, s, p, k) = (g.height, g.width, g.outHeight, g.outWidth, g.stride, g.padding, g.kernel)
     let columns = images.count * OH * OW
+    for c in 0..<g.inChannels {
+        (dx + (c * batch + images.lowerBound) * H * W).update(repeating: 0, count: images.count * H * W)
+    }
     for c in 0..<g.inChannels {
         for ky in 0..<k {
             for kx in 0..<k {
@@ -183,26 +186,31 @@ private func im2colShifted(_ g: ConvGeometry, input x: UnsafePointer<Float>, bat
     }
 }
 
-/// `col2im` for stride 1 with same padding: per tap and image, zero the
-/// wrapped entries of `col`, then one long shifted add.
+/// `col2im` for stride 1 with same padding: the centre tap (no shift, no
+/// padding) writes dx; every other tap zeroes its wrapped entries of `col`
+/// and then adds with one long shifted loop.
 private func col2imShifted(_ g: ConvGeometry, col: UnsafeMutablePointer<Float>, batch: Int,
                            images: Range<Int>, inputGradient dx: UnsafeMutablePointer<Float>) {
     let k = g.kernel, plane = g.height * g.width
     let columns = images.count * plane
-    for ky in 0..<k {
-        for kx in 0..<k {
-            let tap = ShiftedTap(g, ky: ky, kx: kx)
-            let inside = tap.inside
-            for c in 0..<g.inChannels {
-                let row = col + ((c * k + ky) * k + kx) * columns
-                for (j, n) in images.enumerated() {
-                    let source = row + j * plane
-                    let target = dx + (c * batch + n) * plane + tap.shift
-                    tap.forEachWrappedRun(g) { run in
-                        for d in run { source[d] = 0 }
-                    }
-                    for d in inside { target[d] += source[d] }
+    let centre = g.padding * k + g.padding
+    for tapIndex in [centre] + (0..<(k * k)).filter({ $0 != centre }) {
+        let (ky, kx) = tapIndex.quotientAndRemainder(dividingBy: k)
+        let tap = ShiftedTap(g, ky: ky, kx: kx)
+        let inside = tap.inside
+        for c in 0..<g.inChannels {
+            let row = col + (c * k * k + tapIndex) * columns
+            for (j, n) in images.enumerated() {
+                let source = row + j * plane
+                let target = dx + (c * batch + n) * plane + tap.shift
+                if tapIndex == centre {
+                    target.update(from: source, count: plane)
+                    continue
                 }
+                tap.forEachWrappedRun(g) { run in
+                    for d in run { source[d] = 0 }
+                }
+                for d in inside { target[d] += source[d] }
             }
         }
     }

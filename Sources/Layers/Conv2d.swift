@@ -197,7 +197,6 @@ public final class Conv2d {
                 selectedWeightGradientFromOutputPatches(g, dySelected: dySelected, rows: selectedRows, input: xq,
                                                         batch: n, into: dwSelected)
             }
-            if needsDx { dx.buffer.update(repeating: 0) }
             let step = chunk(g, batch: n)
             let col = workspace.patches.reserve(K * step * g.outPixels)
             for first in Swift.stride(from: 0, to: n, by: step) {

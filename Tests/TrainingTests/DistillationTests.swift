@@ -9,15 +9,15 @@ import XCTest
 final class DistillationTests: XCTestCase {
     let communicator = SingleProcessCommunicator()
 
-    /// Mean distillation loss and teacher agreement of `student` on all of `images`.
-    func distillationLoss(_ student: ResNet, teacher: ResNet, on images: ImageSet) -> (loss: Float, agreement: Int) {
+    /// Mean distillation loss of `student` on all of `images`.
+    func distillationLoss(_ student: ResNet, teacher: ResNet, on images: ImageSet) -> Float {
         let pixels = FloatBuffer(capacity: images.count * images.sampleSize)
         images.gatherBatch(Array(0..<images.count)[...], into: pixels.pointer)
         let x = FeatureMap(data: pixels.pointer, channels: 1, batch: images.count, height: 8, width: 8)
         let target = teacher.forward(x, training: false)
         let result = softmaxDistillation(student: student.forward(x, training: false), teacher: target, temperature: 1,
                                          gradient: nil, gradientScale: 0)
-        return (result.loss, result.correct)
+        return result.loss
     }
 
     func testDistillationTrainsTheStudentTowardsTheTeacher() throws {
@@ -33,14 +33,17 @@ final class DistillationTests: XCTestCase {
         // Images only: the trainer never sees a label.
         let images = ImageSet(data)
         let before = distillationLoss(student, teacher: teacher, on: images)
-        XCTAssertGreaterThan(before.loss, 0.1, "the student should have something to learn")
+        XCTAssertGreaterThan(before, 0.1, "the student should have something to learn")
         let report = try Trainer(model: student, images: images, distillation: Distillation(teacher: teacher),
                                  options: phase(epochs: 4), communicator: communicator,
                                  log: RunLog(active: false, metricsPath: nil)).run { _ in }
         let after = distillationLoss(student, teacher: teacher, on: images)
         XCTAssertEqual(report.steps, 4 * (96 / 16))
-        XCTAssertLessThan(after.loss, before.loss * 0.5, "distillation loss \(before.loss) -> \(after.loss)")
-        XCTAssertGreaterThan(after.agreement, before.agreement, "images of 96 whose prediction agrees with the teacher's")
+        // The loss (a KL divergence) is the measure. Argmax agreement is too
+        // noisy on 96 images of a tiny teacher: a mere change of summation
+        // order in conv's backward once moved it from 70 down to 64 while the
+        // loss fell 25-fold.
+        XCTAssertLessThan(after, before * 0.2, "distillation loss \(before) -> \(after)")
         XCTAssertEqual(snapshot(teacher), teacherBefore, "the teacher must not change")
     }
 

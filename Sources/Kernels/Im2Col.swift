@@ -127,59 +127,72 @@ public func col2im(_ g: ConvGeometry, col: UnsafeMutablePointer<Float>, batch: I
     }
 }
 
-/// The taps of a `isShiftedCopy` geometry: tap (ky, kx) maps output pixel
-/// d = y*W + x of an image to input pixel d + shift. Destinations in
-/// `inside` have their source inside the image; of those, the first or last
+/// One tap (ky, kx) of an `isShiftedCopy` geometry: it maps output pixel
+/// d = y*W + x of an image to input pixel d + shift. Output pixels in
+/// `inside` read inside the image, except that the first or last
 /// `abs(columnShift)` pixels of every row wrap around into the neighbouring
-/// row and belong to the padding.
+/// row: those, and all pixels outside `inside`, read the padding.
+///
+/// The images of a chunk are consecutive in both x (CNHW) and the patch
+/// matrix, so a tap of a whole chunk is one shifted copy (or add) over
+/// `span`, after which the padding runs are set right.
 private struct ShiftedTap {
     let shift: Int
     let columnShift: Int
     let inside: Range<Int>
+    let plane: Int
 
     init(_ g: ConvGeometry, ky: Int, kx: Int) {
-        let plane = g.height * g.width
+        plane = g.height * g.width
         columnShift = kx - g.padding
         shift = (ky - g.padding) * g.width + columnShift
         let lo = min(plane, max(0, -shift))
         inside = lo..<max(lo, min(plane, plane - shift))
     }
 
-    /// Calls `body` with the wrapped pixels of each row, as ranges of flat
-    /// destinations.
+    /// From the first image's first inside pixel to the last image's last.
+    func span(images: Int) -> Range<Int> {
+        inside.lowerBound..<((images - 1) * plane + inside.upperBound)
+    }
+
+    /// Calls `body` with every run of output pixels, in a chunk of `images`
+    /// images, that reads the padding.
     @inline(__always)
-    func forEachWrappedRun(_ g: ConvGeometry, _ body: (Range<Int>) -> Void) {
-        guard columnShift != 0 else { return }
+    func forEachPaddingRun(_ g: ConvGeometry, images: Int, _ body: (Range<Int>) -> Void) {
         let wrapped = min(g.width, abs(columnShift))
-        for y in 0..<g.height {
-            let first = columnShift < 0 ? y * g.width : (y + 1) * g.width - wrapped
-            body(first..<(first + wrapped))
+        for j in 0..<images {
+            let base = j * plane
+            if inside.lowerBound > 0 { body(base..<(base + inside.lowerBound)) }
+            if inside.upperBound < plane { body((base + inside.upperBound)..<(base + plane)) }
+            guard wrapped > 0 else { continue }
+            for y in 0..<g.height {
+                let first = base + (columnShift < 0 ? y * g.width : (y + 1) * g.width - wrapped)
+                body(first..<(first + wrapped))
+            }
         }
     }
 }
 
-/// `im2col` for stride 1 with same padding: per tap and image, one copy of
-/// the shifted image, then zeros where the tap reads the padding. Several
-/// times faster than row-by-row copies for small feature maps.
+/// `im2col` for stride 1 with same padding: per tap and channel, one copy
+/// of the shifted chunk, then zeros where the tap reads the padding.
+/// Several times faster than row-by-row copies on small feature maps.
 private func im2colShifted(_ g: ConvGeometry, input x: UnsafePointer<Float>, batch: Int,
                            images: Range<Int>, col: UnsafeMutablePointer<Float>) {
-    let k = g.kernel, plane = g.height * g.width
-    let columns = images.count * plane
+    let k = g.kernel, columns = images.count * g.height * g.width
     for ky in 0..<k {
         for kx in 0..<k {
             let tap = ShiftedTap(g, ky: ky, kx: kx)
-            let inside = tap.inside
+            let span = tap.span(images: images.count)
             for c in 0..<g.inChannels {
-                let row = col + ((c * k + ky) * k + kx) * columns
-                for (j, n) in images.enumerated() {
-                    let out = row + j * plane
-                    let image = x + (c * batch + n) * plane
-                    out.update(repeating: 0, count: inside.lowerBound)
-                    (out + inside.lowerBound).update(from: image + inside.lowerBound + tap.shift, count: inside.count)
-                    (out + inside.upperBound).update(repeating: 0, count: plane - inside.upperBound)
-                    tap.forEachWrappedRun(g) { run in
-                        for d in run { out[d] = 0 }
-                    }
+                let out = col + ((c * k + ky) * k + kx) * columns
+                guard !tap.inside.isEmpty else {
+                    out.update(repeating: 0, count: columns)
+                    continue
+                }
+                let source = x + (c * batch + images.lowerBound) * tap.plane + tap.shift
+                (out + span.lowerBound).update(from: source + span.lowerBound, count: span.count)
+                tap.forEachPaddingRun(g, images: images.count) { run in
+                    (out + run.lowerBound).update(repeating: 0, count: run.count)
                 }
             }
         }
@@ -187,31 +200,28 @@ private func im2colShifted(_ g: ConvGeometry, input x: UnsafePointer<Float>, bat
 }
 
 /// `col2im` for stride 1 with same padding: the centre tap (no shift, no
-/// padding) writes dx; every other tap zeroes its wrapped entries of `col`
-/// and then adds with one long shifted loop.
+/// padding) writes dx; every other tap zeroes its padding entries of `col`
+/// and then adds the shifted chunk with one long loop.
 private func col2imShifted(_ g: ConvGeometry, col: UnsafeMutablePointer<Float>, batch: Int,
                            images: Range<Int>, inputGradient dx: UnsafeMutablePointer<Float>) {
-    let k = g.kernel, plane = g.height * g.width
-    let columns = images.count * plane
+    let k = g.kernel, columns = images.count * g.height * g.width
     let centre = g.padding * k + g.padding
     for tapIndex in [centre] + (0..<(k * k)).filter({ $0 != centre }) {
         let (ky, kx) = tapIndex.quotientAndRemainder(dividingBy: k)
         let tap = ShiftedTap(g, ky: ky, kx: kx)
-        let inside = tap.inside
+        let span = tap.span(images: images.count)
+        guard !tap.inside.isEmpty else { continue }
         for c in 0..<g.inChannels {
-            let row = col + (c * k * k + tapIndex) * columns
-            for (j, n) in images.enumerated() {
-                let source = row + j * plane
-                let target = dx + (c * batch + n) * plane + tap.shift
-                if tapIndex == centre {
-                    target.update(from: source, count: plane)
-                    continue
-                }
-                tap.forEachWrappedRun(g) { run in
-                    for d in run { source[d] = 0 }
-                }
-                for d in inside { target[d] += source[d] }
+            let source = col + (c * k * k + tapIndex) * columns
+            let target = dx + (c * batch + images.lowerBound) * tap.plane + tap.shift
+            if tapIndex == centre {
+                target.update(from: source, count: columns)
+                continue
             }
+            tap.forEachPaddingRun(g, images: images.count) { run in
+                (source + run.lowerBound).update(repeating: 0, count: run.count)
+            }
+            accumulate(source + span.lowerBound, into: target + span.lowerBound, count: span.count)
         }
     }
 }

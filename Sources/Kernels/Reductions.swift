@@ -44,6 +44,19 @@ public func dot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, count: Int
     return acc.sum() + tail
 }
 
+/// y += x, 16 lanes at a time (the compiler cannot rule out overlap).
+@inline(__always)
+public func accumulate(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) {
+    var i = 0
+    while i + 16 <= count {
+        let sum = UnsafeRawPointer(y + i).loadUnaligned(as: SIMD16<Float>.self)
+            + UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self)
+        UnsafeMutableRawPointer(y + i).storeBytes(of: sum, as: SIMD16<Float>.self)
+        i += 16
+    }
+    while i < count { y[i] += x[i]; i += 1 }
+}
+
 /// (min, max) of a non-empty run. Used for calibration only, so a plain loop.
 public func extrema(_ x: UnsafePointer<Float>, count: Int) -> (min: Float, max: Float) {
     precondition(count > 0)

@@ -45,7 +45,17 @@ struct Bench: ParsableCommand {
         let spans: [TrainedSpan]
         let floatsPerStep: Int
         let trainedFraction: Double
-        var times = [0.0, 0.0, 0.0]
+        /// Seconds of every timed step: forward (with the loss), backward, update.
+        var times: [[Double]] = []
+
+        /// Median over the steps of one part (0, 1, 2) or, with nil, of the
+        /// whole step: a few slow steps (page faults, a busy neighbour) do
+        /// not move it.
+        func median(_ part: Int?) -> Double {
+            let values = times.map { step in part.map { step[$0] } ?? step.reduce(0, +) }.sorted()
+            let middle = values.count / 2
+            return values.count % 2 == 1 ? values[middle] : (values[middle - 1] + values[middle]) / 2
+        }
 
         init(label: String, model: ResNet, channels: CriticalChannels?) {
             self.label = label
@@ -103,23 +113,23 @@ struct Bench: ParsableCommand {
         for round in 0..<(steps + 2) {
             for c in configurations {
                 let t = step(c, x, labels, dLogits)
-                if round >= 2 { for i in 0..<3 { c.times[i] += t[i] } }
+                if round >= 2 { c.times.append(t) }
             }
         }
 
         let reference = configurations.first { $0.label == "QAT \(firstPolicy?.0 ?? "")" }
         let rows = configurations.map { c -> [String] in
-            let total = c.times.reduce(0, +)
-            let perStep = c.times.map { String(format: "%.1f", $0 / Double(steps) * 1000) }
+            let perStep = (0..<3).map { String(format: "%.1f", c.median($0) * 1000) }
             let ratios = reference.map { r in
-                [String(format: "%.2fx", r.times[1] / c.times[1]), String(format: "%.2fx", r.times.reduce(0, +) / total),
+                [String(format: "%.2fx", r.median(1) / c.median(1)), String(format: "%.2fx", r.median(nil) / c.median(nil)),
                  String(format: "%.1f%%", 100 * Double(c.floatsPerStep) / Double(r.floatsPerStep))]
             } ?? ["-", "-", "-"]
-            return [c.label, String(format: "%.1f%%", c.trainedFraction * 100), String(format: "%.0f", Double(batch * steps) / total)]
-                + perStep + ratios
+            return [c.label, String(format: "%.1f%%", c.trainedFraction * 100),
+                    String(format: "%.0f", Double(batch) / c.median(nil))] + perStep + ratios
         }
         print(renderTable(header: ["step", "trained", "images/s", "forward ms", "backward ms", "update ms",
                                    "backward speed-up", "step speed-up", "all-reduce bytes"], rows: rows))
+        print("times are medians over the timed steps")
         if let reference {
             print("speed-ups and all-reduce bytes are against \(reference.label) (full QAT), "
                   + String(format: "whose all-reduce is %d floats per step", reference.floatsPerStep))

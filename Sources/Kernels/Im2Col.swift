@@ -135,7 +135,7 @@ public func col2im(_ g: ConvGeometry, col: UnsafeMutablePointer<Float>, batch: I
 ///
 /// The images of a chunk are consecutive in both x (CNHW) and the patch
 /// matrix, so a tap of a whole chunk is one shifted copy (or add) over
-/// `span`, after which the padding runs are set right.
+/// `span`, after which the pixels that read the padding are set right.
 private struct ShiftedTap {
     let shift: Int
     let columnShift: Int
@@ -155,20 +155,23 @@ private struct ShiftedTap {
         inside.lowerBound..<((images - 1) * plane + inside.upperBound)
     }
 
-    /// Calls `body` with every run of output pixels, in a chunk of `images`
-    /// images, that reads the padding.
+    /// Zeroes every pixel of a chunk of `images` images at `p` that reads
+    /// the padding. The wrapped pixels are strided single stores in the
+    /// usual case (a 3x3 kernel wraps one pixel a row): one memset call per
+    /// row would cost more than the copy itself.
     @inline(__always)
-    func forEachPaddingRun(_ g: ConvGeometry, images: Int, _ body: (Range<Int>) -> Void) {
-        let wrapped = min(g.width, abs(columnShift))
+    func zeroPadding(_ p: UnsafeMutablePointer<Float>, _ g: ConvGeometry, images: Int) {
         for j in 0..<images {
-            let base = j * plane
-            if inside.lowerBound > 0 { body(base..<(base + inside.lowerBound)) }
-            if inside.upperBound < plane { body((base + inside.upperBound)..<(base + plane)) }
-            guard wrapped > 0 else { continue }
-            for y in 0..<g.height {
-                let first = base + (columnShift < 0 ? y * g.width : (y + 1) * g.width - wrapped)
-                body(first..<(first + wrapped))
-            }
+            let image = p + j * plane
+            image.update(repeating: 0, count: inside.lowerBound)
+            (image + inside.upperBound).update(repeating: 0, count: plane - inside.upperBound)
+        }
+        let wrapped = min(g.width, abs(columnShift))
+        guard wrapped > 0 else { return }
+        var row = p + (columnShift < 0 ? 0 : g.width - wrapped)
+        for _ in 0..<(images * g.height) {
+            if wrapped == 1 { row[0] = 0 } else { row.update(repeating: 0, count: wrapped) }
+            row += g.width
         }
     }
 }
@@ -191,9 +194,7 @@ private func im2colShifted(_ g: ConvGeometry, input x: UnsafePointer<Float>, bat
                 }
                 let source = x + (c * batch + images.lowerBound) * tap.plane + tap.shift
                 (out + span.lowerBound).update(from: source + span.lowerBound, count: span.count)
-                tap.forEachPaddingRun(g, images: images.count) { run in
-                    (out + run.lowerBound).update(repeating: 0, count: run.count)
-                }
+                tap.zeroPadding(out, g, images: images.count)
             }
         }
     }
@@ -218,9 +219,7 @@ private func col2imShifted(_ g: ConvGeometry, col: UnsafeMutablePointer<Float>, 
                 target.update(from: source, count: columns)
                 continue
             }
-            tap.forEachPaddingRun(g, images: images.count) { run in
-                (source + run.lowerBound).update(repeating: 0, count: run.count)
-            }
+            tap.zeroPadding(source, g, images: images.count)
             accumulate(source + span.lowerBound, into: target + span.lowerBound, count: span.count)
         }
     }

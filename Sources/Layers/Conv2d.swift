@@ -8,7 +8,9 @@ import Kernels
 /// Forward:  Y[C_out, N*P] = W_q[C_out, K] * col(x_q)[K, N*P]   (+ bias)
 /// Backward: dW_q[S, :]    = dY[S, N*P] * col(x_q)^T            rows S only
 ///           dcol          = W_q^T * dY,  dx_q = col2im(dcol)
-/// where K = C_in*k*k, P = output pixels, S = `gradientRows`.
+/// where K = C_in*k*k, P = output pixels, S = `gradientRows`. At stride 1
+/// with |S| < C_in, dW_q[S] comes from the patches of dY[S] instead (see
+/// `selectedWeightGradientFromOutputPatches`).
 public final class Conv2d {
     public let name: String
     public let inChannels: Int
@@ -192,6 +194,7 @@ public final class Conv2d {
                       dy.data, ldb: columns, dx.data, ldc: columns)
             }
         } else {
+            // Few rows at stride 1: dY[S]'s patch matrix is the smaller one.
             let fromOutputPatches = selectedRows > 0 && stride == 1 && padding < kernel && selectedRows < inChannels
             if fromOutputPatches {
                 selectedWeightGradientFromOutputPatches(g, dySelected: dySelected, rows: selectedRows, input: xq,

@@ -51,7 +51,7 @@ final class ZeroShotJobTests: JobTestCase {
         try writeIDX(to: poisoned, train: 60, test: 30, labelShift: 1)
         try assertSucceeded(try Jobs.single([
             "--dataset", "mnist-idx", "--data-dir", clean, "--output", folder + "/fp32", "--batch-size", "50",
-            "--fp32-epochs", "3", "--qat-epochs", "0", "--log-every", "0",
+            "--fp32-epochs", "6", "--qat-epochs", "0", "--log-every", "0",
         ], marker: folder, folder: folder, timeout: Self.timeout))
         let fp32 = try XCTUnwrap(accuracies("fp32")["FP32"])
         XCTAssertGreaterThan(fp32, 0.6, "the FP32 model should have learnt something")
@@ -79,8 +79,9 @@ final class ZeroShotJobTests: JobTestCase {
         let realStages = try accuracies("real")
         XCTAssertEqual(realStages["FP32"], fp32, "the given FP32 model")
         XCTAssertGreaterThan(try XCTUnwrap(realStages["EfQAT"]), fp32 - 0.1, "zero-shot EfQAT on real images keeps the FP32 accuracy")
-        // Measured: FP32 70%, control 7%, real 65%, genie 67%. Genie images
-        // from a weak teacher with 20 iterations: sensible, not perfect.
+        // Measured: FP32 88%, control 10%, real 88%, genie 88%. (With 3 FP32
+        // epochs the FP32 accuracy ranged from 50% to 73% over seeds 0-8:
+        // a change of summation order alone moved seed 0 from 70% to 50%.)
         XCTAssertGreaterThan(try XCTUnwrap(accuracies("genie")["EfQAT"]), fp32 - 0.15, "zero-shot EfQAT on Genie images")
         XCTAssertEqual(genie.occurrences(of: "zero-shot: PTQ and QAT on genie, 100 images"), 1, genie.report)
         XCTAssertTrue(FileManager.default.fileExists(atPath: folder + "/genie/genie.safetensors"))

@@ -100,6 +100,13 @@ int cmpi_wait(int request) {
     return rc;
 }
 
+int cmpi_test(int request, int *done) {
+    if (request < 0 || request >= MAX_REQUESTS || !request_used[request]) return MPI_ERR_REQUEST;
+    int rc = MPI_Test(&requests[request], done, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS || *done) request_used[request] = 0;
+    return rc;
+}
+
 int cmpi_broadcast(void *buffer, size_t count, cmpi_type type, int root) {
     char *p = buffer;
     size_t width = type_size(type);

@@ -211,8 +211,9 @@ struct TrainCommand: RankCommand {
 
     @Option(help: ArgumentHelp(
         "Data-parallel runs: reduce the gradients in buckets by non-blocking all-reduces started while the backward "
-            + "pass runs (on), or in one all-reduce after it (off). auto: on with more than one rank. The result "
-            + "is the same up to float rounding; one process reduces nothing.", valueName: "auto|on|off"))
+            + "pass runs (on), or in one all-reduce after it (off). auto (the default): on with more than one rank "
+            + "(docs/benchmarks.md measures it). The result is the same up to float rounding; one process reduces "
+            + "nothing.", valueName: "auto|on|off"))
     var overlapReduce: ReductionOverlap = .auto
 
     @Option(help: "Also checkpoint every N steps (0: at the end of each epoch only).")

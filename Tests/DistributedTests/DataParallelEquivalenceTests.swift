@@ -9,7 +9,7 @@ import XCTest
 /// must end with the same model up to float rounding. Two runs with the same
 /// settings must end bit for bit alike.
 ///
-/// The runs are real jobs of the built `efqat-train` (5 of them, about two
+/// The runs are real jobs of the built `efqat-train` (8 of them, about three
 /// minutes on 2 cores), started once and shared by the tests below.
 ///
 /// Why the learning rates are small: the summation order differs between

@@ -131,8 +131,9 @@ enum TrainingSamples {
 }
 
 /// Data-parallel training of a model for one phase: every rank runs its
-/// micro-batches of each global batch, one all-reduce averages what is
-/// trained, and every rank applies the same update, so all ranks hold
+/// micro-batches of each global batch, an all-reduce (whole, or in buckets
+/// during the backward pass) averages what is trained, and every rank
+/// applies the same update, so all ranks hold
 /// identical weights after every step.
 public final class Trainer {
     public let model: ResNet

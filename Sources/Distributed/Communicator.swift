@@ -33,11 +33,45 @@ public protocol Communicator: AnyObject {
 
 public enum ReduceOp: Sendable { case sum, min, max }
 
-/// A reduction started by `startAllReduceSum`.
-public struct PendingReduction {
-    let wait: () -> Void
-    public init(wait: @escaping () -> Void) { self.wait = wait }
-    public func complete() { wait() }
+/// A reduction started by `startAllReduceSum`. Its buffer holds the sum once
+/// `poll` has returned true or `complete` has returned.
+public final class PendingReduction {
+    private let test: () -> Bool
+    private let wait: () -> Void
+    public private(set) var isComplete: Bool
+
+    /// `test` advances the reduction without blocking and tells whether it
+    /// has finished; `wait` blocks until it has. Neither is called once the
+    /// reduction is known to be complete.
+    public init(test: @escaping () -> Bool, wait: @escaping () -> Void) {
+        self.test = test
+        self.wait = wait
+        isComplete = false
+    }
+
+    private init() {
+        test = { true }
+        wait = {}
+        isComplete = true
+    }
+
+    /// A reduction that was complete when it started (a world of one, or a
+    /// communicator that reduces at once).
+    public static func completed() -> PendingReduction { PendingReduction() }
+
+    /// Lets the reduction progress (MPI advances non-blocking collectives
+    /// only inside MPI calls) and returns whether it has finished.
+    @discardableResult
+    public func poll() -> Bool {
+        if !isComplete { isComplete = test() }
+        return isComplete
+    }
+
+    /// Blocks until the reduction has finished.
+    public func complete() {
+        if !isComplete { wait() }
+        isComplete = true
+    }
 }
 
 extension Communicator {
@@ -96,7 +130,7 @@ public final class SingleProcessCommunicator: Communicator {
     public func allReduce(_ buffer: UnsafeMutableBufferPointer<Double>, _ op: ReduceOp) {}
     public func allReduce(_ buffer: UnsafeMutableBufferPointer<Int64>, _ op: ReduceOp) {}
     public func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) -> PendingReduction {
-        PendingReduction {}
+        .completed()
     }
     public func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) {}
     public func allGather(_ send: [Float]) -> [[Float]] { [send] }

@@ -55,10 +55,14 @@ public final class MPICommunicator: Communicator {
     }
 
     public func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) -> PendingReduction {
-        guard let base = buffer.baseAddress, size > 1 else { return PendingReduction {} }
+        guard let base = buffer.baseAddress, size > 1 else { return .completed() }
         var request: Int32 = -1
         check(cmpi_iallreduce(base, buffer.count, CMPI_FLOAT, CMPI_SUM, &request), "MPI_Iallreduce")
-        return PendingReduction { [self] in check(cmpi_wait(request), "MPI_Wait") }
+        return PendingReduction(test: { [self] in
+            var done: Int32 = 0
+            check(cmpi_test(request, &done), "MPI_Test")
+            return done != 0
+        }, wait: { [self] in check(cmpi_wait(request), "MPI_Wait") })
     }
 
     public func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) {

@@ -209,6 +209,13 @@ struct TrainCommand: RankCommand {
     @Option(help: "--zero-shot: temperature T of the distillation loss.")
     var distillationTemperature: Float = 1
 
+    @Option(help: ArgumentHelp(
+        "Data-parallel runs: reduce the gradients in buckets by non-blocking all-reduces started while the backward "
+            + "pass runs (on), or in one all-reduce after it (off). auto (the default): on with more than one rank "
+            + "(docs/benchmarks.md measures it). The result is the same up to float rounding; one process reduces "
+            + "nothing.", valueName: "auto|on|off"))
+    var overlapReduce: ReductionOverlap = .auto
+
     @Option(help: "Also checkpoint every N steps (0: at the end of each epoch only).")
     var checkpointEvery = 0
 
@@ -325,6 +332,7 @@ struct TrainCommand: RankCommand {
         phase.schedule = schedule
         phase.logEvery = logEvery
         phase.augmentShift = augmentShift
+        phase.overlapReduction = overlapReduce
         return phase
     }
 
@@ -378,3 +386,4 @@ extension QuantScheme: ExpressibleByArgument {}
 extension LearningRateSchedule: ExpressibleByArgument {}
 extension SelectionMode: ExpressibleByArgument {}
 extension ZeroShotOptions.Source: ExpressibleByArgument {}
+extension ReductionOverlap: ExpressibleByArgument {}

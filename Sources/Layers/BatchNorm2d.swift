@@ -97,6 +97,9 @@ public final class BatchNorm2d {
         return y
     }
 
+    /// The slots whose gradients `backward` adds to.
+    public var trainableSlots: [ParameterSlot] { [weight, bias] }
+
     /// Values `exportPendingStatistics` writes: the sums of this step's
     /// micro-batch means, then of their variances.
     public var pendingStatisticsCount: Int { 2 * channels }

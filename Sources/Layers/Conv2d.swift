@@ -75,6 +75,11 @@ public final class Conv2d {
 
     public var patchSize: Int { inChannels * kernel * kernel }
 
+    /// The slots whose gradients `backward` adds to.
+    public var trainableSlots: [ParameterSlot] {
+        [weight] + (bias.map { [$0] } ?? []) + [weightQuantizer.step, inputQuantizer.step]
+    }
+
     public func geometry(for x: FeatureMap) -> ConvGeometry {
         ConvGeometry(inChannels: inChannels, outChannels: outChannels, kernel: kernel, stride: stride,
                      padding: padding, height: x.height, width: x.width)

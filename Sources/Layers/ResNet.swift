@@ -35,6 +35,10 @@ public final class BasicBlock {
 
     public var convolutions: [Conv2d] { [conv1, conv2] + (downsample.map { [$0.conv] } ?? []) }
     public var batchNorms: [BatchNorm2d] { [bn1, bn2] + (downsample.map { [$0.norm] } ?? []) }
+    /// The slots whose gradients `backward` adds to.
+    public var trainableSlots: [ParameterSlot] {
+        convolutions.flatMap(\.trainableSlots) + batchNorms.flatMap(\.trainableSlots)
+    }
 
     public func forward(_ x: FeatureMap, training: Bool) -> FeatureMap {
         let h = relu1.forward(bn1.forward(conv1.forward(x), training: training))
@@ -156,11 +160,22 @@ public final class ResNet {
     /// Adds every parameter's gradient into `store.gradients` and returns
     /// dL/d(images), which is computed only when `conv1.needsInputGradient`
     /// is set (Genie-D optimises the images; training does not need them).
+    ///
+    /// `finished`, when given, is told each time the pass is done with a
+    /// part's parameters, with that part's trainable slots: the head, then
+    /// every block from the last, then the stem. A data-parallel trainer
+    /// starts reducing those gradients while the pass goes on.
     @discardableResult
-    public func backward(_ dLogits: FeatureMap) -> FeatureMap {
+    public func backward(_ dLogits: FeatureMap, finished: (([ParameterSlot]) -> Void)? = nil) -> FeatureMap {
         var d = pool.backward(fc.backward(dLogits))
-        for block in blocks.reversed() { d = block.backward(d) }
-        return conv1.backward(bn1.backward(relu.backward(d)))
+        finished?(fc.trainableSlots)
+        for block in blocks.reversed() {
+            d = block.backward(d)
+            finished?(block.trainableSlots)
+        }
+        let dImages = conv1.backward(bn1.backward(relu.backward(d)))
+        finished?(conv1.trainableSlots + bn1.trainableSlots)
+        return dImages
     }
 
     public func commitRunningStatistics() {

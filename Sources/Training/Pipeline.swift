@@ -540,6 +540,7 @@ public final class Pipeline {
                     row["backward_s"] = t.times.backward
                     row["communication_s"] = t.times.communication
                     row["update_s"] = t.times.update
+                    row["buckets_started_early"] = t.bucketsStartedEarly
                 }
                 return row
             },

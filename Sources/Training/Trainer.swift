@@ -20,6 +20,8 @@ public struct PhaseOptions: Sendable {
     public var logEvery: Int = 10
     /// Random translation of training images by up to this many pixels (0: off).
     public var augmentShift = 0
+    /// Whether the gradient all-reduce overlaps the backward pass.
+    public var overlapReduction: ReductionOverlap = .auto
 
     public init(name: String, epochs: Int, globalBatch: Int, learningRate: Float, seed: UInt64) {
         self.name = name
@@ -27,6 +29,24 @@ public struct PhaseOptions: Sendable {
         self.globalBatch = globalBatch
         self.learningRate = learningRate
         self.seed = seed
+    }
+}
+
+/// Whether a data-parallel step reduces its gradients in buckets while the
+/// backward pass runs (non-blocking all-reduces) or in one blocking
+/// all-reduce after it. A world of one reduces nothing either way.
+public enum ReductionOverlap: String, Sendable, CaseIterable {
+    case auto, on, off
+
+    /// Whether a world of `worldSize` ranks overlaps. `auto` is `on`: the
+    /// bandwidth study (docs/benchmarks.md) found it halving the exposed
+    /// communication on a 20 Mbit/s link and no difference beyond the
+    /// machine's noise at 1 Gbit/s.
+    public func isOn(worldSize: Int) -> Bool {
+        switch self {
+        case .on, .auto: worldSize > 1
+        case .off: false
+        }
     }
 }
 
@@ -62,6 +82,9 @@ public struct PhaseReport: Sendable {
     public var times = StepTimes()
     /// Floats of the last step's all-reduce.
     public var floatsPerStep = 0
+    /// Gradient buckets whose all-reduce started during the backward pass
+    /// (0 without overlap).
+    public var bucketsStartedEarly = 0
     /// Fraction of all conv/linear weights the last step trained.
     public var trainedWeightFraction = 1.0
     public var samplesPerSecond: Double { seconds > 0 ? Double(samples) / seconds : 0 }
@@ -108,8 +131,9 @@ enum TrainingSamples {
 }
 
 /// Data-parallel training of a model for one phase: every rank runs its
-/// micro-batches of each global batch, one all-reduce averages what is
-/// trained, and every rank applies the same update, so all ranks hold
+/// micro-batches of each global batch, an all-reduce (whole, or in buckets
+/// during the backward pass) averages what is trained, and every rank
+/// applies the same update, so all ranks hold
 /// identical weights after every step.
 public final class Trainer {
     public let model: ResNet
@@ -121,6 +145,8 @@ public final class Trainer {
     private let log: RunLog
     private let partition: BatchPartition
     private let reducer: GradientReducer
+    /// Whether steps overlap the all-reduce with the backward pass.
+    public let overlapsReduction: Bool
     /// EfQAT's channel selection; nil trains everything (full QAT, FP32).
     public let channels: CriticalChannels?
     /// The selection generation `reducer.spans` was made from.
@@ -163,6 +189,7 @@ public final class Trainer {
                         weightDecay: options.weightDecay)
         self.channels = channels
         reducer = GradientReducer(spans: model.store.allTrainedSpans, norms: model.batchNorms, extras: 2)
+        overlapsReduction = options.overlapReduction.isOn(worldSize: communicator.size)
         images = FloatBuffer(capacity: partition.microBatchSize * samples.sampleSize)
         labels = Array(repeating: 0, count: partition.microBatchSize)
     }
@@ -235,34 +262,47 @@ public final class Trainer {
         report.bytesReduced = reducer.bytesReduced
         report.times = times
         report.floatsPerStep = reducer.packedCount
+        report.bucketsStartedEarly = reducer.bucketsStartedEarly
         report.trainedWeightFraction = channels?.trainedWeightFraction ?? 1
         return report
     }
 
     /// One optimizer step on global batch `step`: forward and backward over
-    /// this rank's micro-batches, one all-reduce, one update. Returns the
+    /// this rank's micro-batches, the all-reduce (overlapping the last
+    /// backward pass when `overlapsReduction`), one update. Returns the
     /// global-batch mean loss and accuracy.
     public func trainStep(order: EpochOrder, step: Int, learningRate: Float) -> (Float, Float) {
         let store = model.store
         store.gradients.zero()
         let micro = partition.microBatchSize
         var scalars: [Float] = [0, 0]
-        for part in partition.parts(ofRank: communicator.rank) {
+        let parts = partition.parts(ofRank: communicator.rank)
+        for part in parts {
             let indices = order.indices(step: step, part: part, parts: partition.parts)
             let t0 = monotonicSeconds()
             let result = forwardAndLoss(indices, epoch: order.epoch)
-            let t1 = monotonicSeconds()
-            model.backward(FeatureMap(data: logitGradient.pointer, channels: model.config.classes, batch: micro,
-                                      height: 1, width: 1))
-            let t2 = monotonicSeconds()
-            times.forward += t1 - t0
-            times.backward += t2 - t1
             scalars[0] += result.loss
             scalars[1] += Float(result.correct)
+            let t1 = monotonicSeconds()
+            // Only the last pass leaves a gradient final.
+            let overlapped = overlapsReduction && part == parts.last
+            if overlapped { reducer.begin(gradients: store.gradients, scalars: scalars, communicator: communicator) }
+            let t2 = monotonicSeconds()
+            model.backward(FeatureMap(data: logitGradient.pointer, channels: model.config.classes, batch: micro,
+                                      height: 1, width: 1),
+                           finished: overlapped ? reducer.finished : nil)
+            let t3 = monotonicSeconds()
+            times.forward += t1 - t0
+            times.communication += t2 - t1
+            times.backward += t3 - t2
         }
         let t0 = monotonicSeconds()
-        reducer.reduce(gradients: store.gradients, scalars: &scalars, microBatches: partition.parts,
-                       communicator: communicator)
+        if overlapsReduction {
+            reducer.end(scalars: &scalars, microBatches: partition.parts)
+        } else {
+            reducer.reduce(gradients: store.gradients, scalars: &scalars, microBatches: partition.parts,
+                           communicator: communicator)
+        }
         let t1 = monotonicSeconds()
         optimizer.step(parameters: store.parameters, gradients: store.gradients, spans: reducer.spans,
                        learningRate: learningRate)

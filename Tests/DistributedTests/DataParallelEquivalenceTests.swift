@@ -9,7 +9,7 @@ import XCTest
 /// must end with the same model up to float rounding. Two runs with the same
 /// settings must end bit for bit alike.
 ///
-/// The runs are real jobs of the built `efqat-train` (5 of them, about two
+/// The runs are real jobs of the built `efqat-train` (8 of them, about three
 /// minutes on 2 cores), started once and shared by the tests below.
 ///
 /// Why the learning rates are small: the summation order differs between
@@ -46,18 +46,50 @@ final class DataParallelEquivalenceTests: XCTestCase {
         ]
     }
 
-    private func singleProcess(accumulation: Int, name: String) throws -> Run {
+    private func singleProcess(accumulation: Int, name: String, extra: [String] = []) throws -> Run {
         try Self.runs.run(name) { output, marker in
-            try Jobs.single(try self.options(output: output) + ["--accumulation", String(accumulation)],
+            try Jobs.single(try self.options(output: output) + ["--accumulation", String(accumulation)] + extra,
                             marker: marker, folder: Self.runs.folder, timeout: Self.runTimeout)
         }
     }
 
-    private func mpi(ranks: Int, name: String) throws -> Run {
+    private func mpi(ranks: Int, name: String, extra: [String] = []) throws -> Run {
         try Self.runs.run(name) { output, marker in
-            try Jobs.mpi(ranks: ranks, try self.options(output: output), marker: marker,
+            try Jobs.mpi(ranks: ranks, try self.options(output: output) + extra, marker: marker,
                          folder: Self.runs.folder, timeout: Self.runTimeout)
         }
+    }
+
+    /// EfQAT (p = 0.1, CWPN, the default) re-ranking every 3 steps, so the
+    /// 8 QAT steps train three selections and the buckets are rebuilt twice.
+    static let refreshing = ["--efqat-refresh", "3"]
+    static let overlapped = refreshing + ["--overlap-reduce", "on"]
+
+    /// The all-reduce overlapped with the backward pass averages what one
+    /// process with two micro-batches averages, across selection refreshes.
+    func testTwoRanksWithOverlapTrainLikeOneProcess() throws {
+        let single = try singleProcess(accumulation: 2, name: "one-process-refreshing", extra: Self.refreshing)
+        let mpi = try mpi(ranks: 2, name: "mpi-2-ranks-overlapped", extra: Self.overlapped)
+        try assertEquivalent(single: single, mpi: mpi, ranks: 2)
+        for run in [single, mpi] {
+            let selections = try metricsRecords(in: run.output).filter { $0["event"] as? String == "efqat_selection" }
+            XCTAssertEqual(selections.map { $0["step"] as? Int }, [0, 3, 6], "\(run.name): QAT selections")
+        }
+        XCTAssertEqual(try bucketsStartedEarly(single), 0, "one process has nothing to reduce")
+        XCTAssertGreaterThan(try bucketsStartedEarly(mpi) ?? 0, 0, "buckets should start during the backward pass")
+    }
+
+    func testTwoOverlappedRunsAreBitwiseIdentical() throws {
+        let first = try mpi(ranks: 2, name: "mpi-2-ranks-overlapped", extra: Self.overlapped)
+        let second = try mpi(ranks: 2, name: "mpi-2-ranks-overlapped-again", extra: Self.overlapped)
+        try assertBitwiseIdentical(first, second)
+    }
+
+    /// Gradient buckets QAT started during the backward pass, over its steps.
+    private func bucketsStartedEarly(_ run: Run) throws -> Int? {
+        let summary = try metricsRecords(in: run.output).first { $0["event"] as? String == "summary" }
+        let stages = summary?["stages"] as? [[String: Any]] ?? []
+        return stages.last { $0["buckets_started_early"] != nil }?["buckets_started_early"] as? Int
     }
 
     func testTwoRanksTrainLikeOneProcessWithTwoMicroBatches() throws {
@@ -104,8 +136,12 @@ final class DataParallelEquivalenceTests: XCTestCase {
     }
 
     func testTwoRankRunsAreBitwiseIdentical() throws {
-        let first = try mpi(ranks: 2, name: "mpi-2-ranks")
-        let second = try mpi(ranks: 2, name: "mpi-2-ranks-again")
+        try assertBitwiseIdentical(try mpi(ranks: 2, name: "mpi-2-ranks"), try mpi(ranks: 2, name: "mpi-2-ranks-again"))
+    }
+
+    // MARK: Checks
+
+    private func assertBitwiseIdentical(_ first: Run, _ second: Run) throws {
         try assertSucceeded(first, ranks: 2)
         try assertSucceeded(second, ranks: 2)
         let a = try SafeTensorsFile.read(from: first.output + "/final.safetensors")
@@ -120,8 +156,6 @@ final class DataParallelEquivalenceTests: XCTestCase {
         XCTAssertNotNil(checksums[0])
         XCTAssertEqual(checksums[0], checksums[1], "weight checksums of two identical runs")
     }
-
-    // MARK: Checks
 
     /// The run ended well, on `ranks` ranks, with ranks that agree.
     private func assertSucceeded(_ run: Run, ranks: Int, file: StaticString = #filePath, line: UInt = #line) throws {

@@ -50,6 +50,28 @@ final class ResNetStructureTests: XCTestCase {
         ])
     }
 
+    /// `backward`'s `finished` callback names every trainable slot exactly
+    /// once, after the pass has stopped adding to its gradient, the head
+    /// first and the stem last: what the overlapped all-reduce relies on.
+    func testBackwardReportsEverySlotOnceWhenItsGradientIsFinal() {
+        let model = tinyResNet()
+        var rng = SplitMix64(seed: 4)
+        let images = OwnedMap(channels: 1, batch: 3, height: 8, width: 8, random: &rng)
+        let dLogits = OwnedMap(like: model.forward(images.map, training: true), random: &rng)
+        model.store.gradients.zero()
+        var reported: [(slot: ParameterSlot, gradient: [Float])] = []
+        model.backward(dLogits.map) { slots in
+            for slot in slots { reported.append((slot, Array(model.store.gradients[slot]))) }
+        }
+        XCTAssertEqual(reported.map(\.slot.name).sorted(), model.store.parameterLayout.slots.map(\.name).sorted())
+        XCTAssertEqual(reported.first?.slot.name, "fc.weight")
+        XCTAssertEqual(reported.last?.slot.name, "bn1.bias")
+        for (slot, gradient) in reported {
+            XCTAssertEqual(gradient, Array(model.store.gradients[slot]), "\(slot.name) changed after it was reported")
+        }
+        XCTAssertGreaterThan(reported.filter { $0.gradient.contains { $0 != 0 } }.count, reported.count / 2)
+    }
+
     func testLayerInventory() {
         XCTAssertEqual(model.config.depth, 20)
         XCTAssertEqual(model.layers.count, 1 + 9 * 2 + 2 + 1, "stem, two convs per block, two downsamples, fc")

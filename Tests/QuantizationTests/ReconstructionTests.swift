@@ -579,7 +579,7 @@ final class ThreadCommunicator: Communicator {
     }
     func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) -> PendingReduction {
         allReduce(buffer, .sum)
-        return PendingReduction {}
+        return .completed()
     }
     func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) {
         let mine = buffer.map { Double($0) }

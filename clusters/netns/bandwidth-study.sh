@@ -6,6 +6,7 @@
 #
 #   clusters/netns/bandwidth-study.sh [--output DIR] [--links "1gbit unlimited"]
 #                                     [--widths "1 4"] [--samples N] [--reps N]
+#                                     [--overlap "off on"] [--repeats N]
 #
 #   --output DIR   where the runs, the logs and table.md go (default runs/bandwidth)
 #   --links LIST   the link limits to run on, as tc rates, "unlimited" for no
@@ -15,6 +16,10 @@
 #                  trains on all, to reuse the default job's FP32 model)
 #   --reps N       timed all-reduces per size in the pure all-reduce measurement
 #                  (default 20)
+#   --overlap LIST the --overlap-reduce modes to run every job with (default
+#                  "off": one blocking all-reduce per step)
+#   --repeats N    run every job N times (default 1), to see the spread of a
+#                  shared machine
 #
 # For every link and width it runs `efqat-train` at W4A4 with one QAT epoch,
 # --threads 1, twice: --efqat-fraction 1 (full QAT) and 0.1 (EfQAT, CWPN).
@@ -27,7 +32,13 @@
 # after a barrier, so without the other rank's compute imbalance
 # (DIR/allreduce.txt). The table (DIR/table.md) takes rank 0's step times
 # from the metrics.jsonl summary record of every run in DIR, also of
-# earlier invocations; `uptime` is logged before every job (DIR/load.txt).
+# earlier invocations; `uptime` is logged before every job (DIR/load.txt,
+# and the run's own uptime.txt). With several --overlap modes or --repeats,
+# DIR/overlap.md also lists every run: step, backward and communication
+# time per step, overlap on or off, and the load average before it.
+# Run folders are DIR/w<width>-<link>-p<p>-o<mode>-r<repeat>; the first
+# table takes overlap off, repeat 1 (or the folders of earlier versions,
+# named without -o and -r).
 # Jobs run one after another on 2 ranks; the hosts (set efqat-bw-<pid>)
 # are taken down however the script ends.
 #
@@ -42,6 +53,8 @@ links_list="1gbit"
 widths="1 4"
 samples=1024
 reps=20
+overlap_modes="off"
+repeats=1
 while (($# > 0)); do
     case "$1" in
         --output) [[ $# -ge 2 ]] || { echo "error: --output needs a folder" >&2; exit 2; }; output="$2"; shift 2 ;;
@@ -49,6 +62,8 @@ while (($# > 0)); do
         --widths) [[ $# -ge 2 ]] || { echo "error: --widths needs a list" >&2; exit 2; }; widths="$2"; shift 2 ;;
         --samples) [[ $# -ge 2 ]] || { echo "error: --samples needs a number" >&2; exit 2; }; samples="$2"; shift 2 ;;
         --reps) [[ $# -ge 2 ]] || { echo "error: --reps needs a number" >&2; exit 2; }; reps="$2"; shift 2 ;;
+        --overlap) [[ $# -ge 2 ]] || { echo "error: --overlap needs a list" >&2; exit 2; }; overlap_modes="$2"; shift 2 ;;
+        --repeats) [[ $# -ge 2 ]] || { echo "error: --repeats needs a number" >&2; exit 2; }; repeats="$2"; shift 2 ;;
         -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -62,8 +77,12 @@ done
 for w in $widths; do
     [[ "$w" =~ ^[1-9][0-9]*$ ]] || { echo "error: --widths takes positive numbers, got '$w'" >&2; exit 2; }
 done
-[[ "$samples" =~ ^[1-9][0-9]*$ && "$reps" =~ ^[1-9][0-9]*$ ]] \
-    || { echo "error: --samples and --reps take positive numbers" >&2; exit 2; }
+for o in $overlap_modes; do
+    [[ "$o" == auto || "$o" == on || "$o" == off ]] || { echo "error: --overlap takes auto, on and off, got '$o'" >&2; exit 2; }
+done
+[[ -n "${overlap_modes// /}" ]] || { echo "error: --overlap is empty" >&2; exit 2; }
+[[ "$samples" =~ ^[1-9][0-9]*$ && "$reps" =~ ^[1-9][0-9]*$ && "$repeats" =~ ^[1-9][0-9]*$ ]] \
+    || { echo "error: --samples, --reps and --repeats take positive numbers" >&2; exit 2; }
 netns_require_root
 efqat_train_binary
 EFQAT_TRAIN_BINARY="$(realpath "$EFQAT_TRAIN_BINARY")"
@@ -143,27 +162,33 @@ for w in $widths; do
         || { tail -20 "$folder/run.log" >&2; echo "error: the FP32 run of width $w failed" >&2; exit 1; }
 done
 
-# 2. The measured runs, one after another.
+# 2. The measured runs, one after another (repeats outermost, so that a
+# change of the machine's load spreads over all settings).
+for ((r = 1; r <= repeats; r++)); do
 for link in "${links[@]}"; do
     for w in $widths; do
         for p in 1 0.1; do
-            folder="$output/w$w-$link-p$p"
+          for o in $overlap_modes; do
+            folder="$output/w$w-$link-p$p-o$o-r$r"
             rm -rf -- "$folder"
             mkdir -p "$folder"
             if ((w == 1)); then cp "$teacher" "$folder/"; else cp "$output/fp32-w$w/fp32.safetensors" "$folder/"; fi
             rate_option=()
             if [[ "$link" != unlimited ]]; then rate_option=(--rate "$link"); fi
-            record_load "width $w, $link, p=$p"
-            efqat_say "width $w, link $link, --efqat-fraction $p (log: ${folder#"$EFQAT_ROOT"/}/run.log)"
+            record_load "width $w, $link, p=$p, overlap $o, repeat $r"
+            uptime >"$folder/uptime.txt"
+            efqat_say "width $w, link $link, --efqat-fraction $p, --overlap-reduce $o, repeat $r (log: ${folder#"$EFQAT_ROOT"/}/run.log)"
             # shellcheck disable=SC2046
             netns_run "$folder/run.log" ${rate_option[@]+"${rate_option[@]}"} \
-                $(job_options "$w" 1) --efqat-fraction "$p" --output "$folder" \
+                $(job_options "$w" 1) --efqat-fraction "$p" --overlap-reduce "$o" --output "$folder" \
                 || { tail -20 "$folder/run.log" >&2; echo "error: the run in $folder failed" >&2; exit 1; }
             grep -q "reusing the FP32 model" "$folder/run.log" \
                 || { echo "error: $folder/run.log does not say 'reusing the FP32 model'" >&2; exit 1; }
             grep -h "link: sent" "$folder/run.log" >&2 || true
+          done
         done
     done
+done
 done
 
 # 3. Pure all-reduce time of each run's bytes per step, on the same links.
@@ -242,17 +267,25 @@ pure = {}
 for line in open(out + "/allreduce.txt"):
     link, _, size, reps, median, low = line.split()
     pure[(link, int(size))] = (float(median), float(low))
-runs = {}
+runs, every = {}, []
 for path in glob.glob(out + "/w*-p*/metrics.jsonl"):
-    width, link, p = re.match(r"w(\d+)-(.+)-p([0-9.]+)$", os.path.basename(os.path.dirname(path))).groups()
+    folder = os.path.dirname(path)
+    width, link, p, overlap, repeat = re.match(r"w(\d+)-(.+?)-p([0-9.]+)(?:-o(\w+)-r(\d+))?$",
+                                               os.path.basename(folder)).groups()
     summary = [r for r in map(json.loads, open(path)) if r.get("event") == "summary"][-1]
     s = [st for st in summary["stages"] if "communication_s" in st][-1]
     steps = s["bytes_reduced"] // s["bytes_per_step"]
     ms = lambda v: 1000 * v / steps
-    runs[(int(width), link, p)] = dict(
+    run = dict(
         step=ms(s["forward_s"] + s["backward_s"] + s["communication_s"] + s["update_s"]),
-        comm=ms(s["communication_s"]), bytes=s["bytes_per_step"], steps=steps,
-        compute=ms(s["forward_s"] + s["backward_s"] + s["update_s"]))
+        comm=ms(s["communication_s"]), bytes=s["bytes_per_step"], steps=steps, backward=ms(s["backward_s"]),
+        compute=ms(s["forward_s"] + s["backward_s"] + s["update_s"]), early=s.get("buckets_started_early", 0))
+    if overlap in (None, "off") and repeat in (None, "1"):
+        runs[(int(width), link, p)] = run
+    if overlap:
+        load = open(folder + "/uptime.txt").read().split("load average:")[-1].strip() \
+            if os.path.exists(folder + "/uptime.txt") else "?"
+        every.append((int(width), link != "unlimited", link, -float(p), overlap, int(repeat), run, load))
 print("| model | link | steps | full-QAT step ms | EfQAT step ms | full comm ms/step | EfQAT comm ms/step "
       "| comm ratio | bytes/step full → EfQAT | bytes ratio | pure all-reduce ms, median (min), full → EfQAT | pure ratio |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -266,5 +299,15 @@ for (width, link) in sorted({(w, l) for (w, l, _) in runs}, key=lambda k: (k[0],
     print(f"| {model} | {link} | {full['steps']} | {full['step']:.0f} | {ef['step']:.0f} | {full['comm']:.1f} | "
           f"{ef['comm']:.1f} | {ef['comm'] / full['comm']:.2f} | {full['bytes'] / 2**20:.2f} → {ef['bytes'] / 2**20:.2f} MiB | "
           f"{ef['bytes'] / full['bytes']:.3f} | {pure_cells} |")
+if len({(e[4], e[5]) for e in every}) > 1:
+    with open(out + "/overlap.md", "w") as table:
+        print("| model | link | p | overlap | repeat | steps | step ms | backward ms/step | comm ms/step "
+              "| buckets started early/step | load before (1, 5, 15 min) |", file=table)
+        print("|---|---|---|---|---|---|---|---|---|---|---|", file=table)
+        for width, _, link, p, overlap, repeat, r, load in sorted(every, key=lambda e: e[:6]):
+            model = "ResNet-20" if width == 1 else f"ResNet-20 ×{width}"
+            print(f"| {model} | {link} | {-p:g} | {overlap} | {repeat} | {r['steps']} | {r['step']:.0f} | "
+                  f"{r['backward']:.0f} | {r['comm']:.1f} | {r['early'] / r['steps']:.1f} | {load} |", file=table)
+    print(open(out + "/overlap.md").read())
 EOF
 efqat_say "table: ${output#"$EFQAT_ROOT"/}/table.md; load: ${output#"$EFQAT_ROOT"/}/load.txt"

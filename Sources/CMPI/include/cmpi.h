@@ -35,6 +35,10 @@ int cmpi_allreduce(void *buffer, size_t count, cmpi_type type, cmpi_op op);
 int cmpi_iallreduce(void *buffer, size_t count, cmpi_type type, cmpi_op op, int *request);
 /// Waits for a request from cmpi_iallreduce; the slot is then free again.
 int cmpi_wait(int request);
+/// Progresses MPI and sets `done` to 1 when the request has completed (its
+/// slot is then free: do not wait for it). Open MPI has no progress thread by
+/// default, so a non-blocking collective advances only inside calls like this.
+int cmpi_test(int request, int *done);
 int cmpi_broadcast(void *buffer, size_t count, cmpi_type type, int root);
 /// Every rank contributes `count` elements; `recv` holds size*count.
 int cmpi_allgather(const void *send, size_t count, void *recv, cmpi_type type);

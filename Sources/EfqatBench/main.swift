@@ -18,7 +18,7 @@ struct Bench: ParsableCommand {
 
     @Option(help: "Images per step.")
     var batch = 128
-    @Option(help: "Timed steps per configuration (after 2 warm-up steps).")
+    @Option(help: "Timed steps per configuration (after 2 warm-up steps); the table shows their medians.")
     var steps = 10
     @Option(help: ArgumentHelp("What the step times measure: wall (elapsed time) or cpu (this thread's CPU time, "
                                + "which other processes on the machine disturb far less; needs --threads 1).",

@@ -1,3 +1,5 @@
+import Foundation
+
 /// How EfQAT ranks weights to decide which to train (algorithms.md §5).
 /// Importance is the mean |w| of a block of weights.
 public enum SelectionMode: String, Sendable, CaseIterable, Codable {
@@ -68,5 +70,7 @@ public struct EfqatOptions: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// "cwpn p=0.1 refresh=epoch": also how checkpoints record the setting.
-    public var description: String { "\(mode.rawValue) p=\(fraction) refresh=\(refresh)" }
+    public var description: String { "\(mode.rawValue) p=\(fractionLabel) refresh=\(refresh)" }
+    /// p as people write it: 0, 0.1, 1 (not 0.0, 1.0).
+    public var fractionLabel: String { String(format: "%g", fraction) }
 }

@@ -232,19 +232,23 @@ public final class Pipeline {
         let report = try qatTrainer.run(checkpointEvery: options.checkpointEvery) { t in
             try self.saveRunCheckpoint(model: model, trainer: t, phase: .qat, extra: extra)
         }
-        let backward = options.efqat.fraction < 1
+        // With --qat-epochs 0 the run ends at PTQ: no QAT row, no probe.
+        let trained = options.qat.epochs > 0
+        let backward = trained && options.efqat.fraction < 1
             ? BackwardProbe.compare(model, images: images, microBatch: qatTrainer.microBatchSize, seed: options.qat.seed,
                                     communicator: communicator)
             : nil
         channels.release()
-        var qatStage = StageResult(name: (options.efqat.fraction < 1
-                                   ? "EfQAT \(bitsLabel) \(options.efqat.mode.rawValue) p=\(options.efqat.fraction)"
-                                   : "QAT \(bitsLabel) (full)") + dataLabel)
-        qatStage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
-        qatStage.seconds = report.seconds
-        qatStage.training = report
-        results.append(qatStage)
-        log.record("eval", ["stage": "qat", "accuracy": qatStage.accuracy])
+        if trained {
+            var qatStage = StageResult(name: (options.efqat.fraction < 1
+                                       ? "EfQAT \(bitsLabel) \(options.efqat.mode.rawValue) p=\(options.efqat.fractionLabel)"
+                                       : "QAT \(bitsLabel) (full)") + dataLabel)
+            qatStage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
+            qatStage.seconds = report.seconds
+            qatStage.training = report
+            results.append(qatStage)
+            log.record("eval", ["stage": "qat", "accuracy": qatStage.accuracy])
+        }
         try rootWrites {
             let tensors = ModelCheckpoint.tensors(of: model, includeQuantizers: true, optimizer: nil)
             try SafeTensorsFile(tensors: tensors, metadata: self.metadata(model: modelJSON, phase: "qat-final", extra: extra))

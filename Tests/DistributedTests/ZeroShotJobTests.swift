@@ -54,6 +54,8 @@ final class ZeroShotJobTests: JobTestCase {
             "--fp32-epochs", "6", "--qat-epochs", "0", "--log-every", "0",
         ], marker: folder, folder: folder, timeout: Self.timeout))
         let fp32 = try XCTUnwrap(accuracies("fp32")["FP32"])
+        // --qat-epochs 0 ends at PTQ: no QAT stage in the summary.
+        XCTAssertEqual(Set(try accuracies("fp32").keys), ["FP32", "PTQ"])
         XCTAssertGreaterThan(fp32, 0.6, "the FP32 model should have learnt something")
 
         // The same QAT on the poisoned set: 24 steps of 50 images at lr 0.02.

@@ -96,6 +96,13 @@ final class EfqatTests: XCTestCase {
         }
     }
 
+    func testFractionIsPrintedAsWritten() {
+        XCTAssertEqual(EfqatOptions(mode: .cwpl, fraction: 0, refresh: .epoch).fractionLabel, "0")
+        XCTAssertEqual(EfqatOptions(mode: .cwpl, fraction: 0.1, refresh: .epoch).fractionLabel, "0.1")
+        XCTAssertEqual(EfqatOptions(mode: .cwpl, fraction: 1, refresh: .epoch).fractionLabel, "1")
+        XCTAssert(EfqatOptions(mode: .cwpn, fraction: 0.05, refresh: .never).description.hasPrefix("cwpn p=0.05 "))
+    }
+
     func testMasksRoundTrip() {
         let model = resnet20()
         let selection = ChannelSelection.select(model.layers, store: model.store, mode: .cwpn, fraction: 0.1)

@@ -178,7 +178,7 @@ private struct ShiftedTap {
 
 /// `im2col` for stride 1 with same padding: per tap and channel, one copy
 /// of the shifted chunk, then zeros where the tap reads the padding.
-/// Several times faster than row-by-row copies on small feature maps.
+/// About twice as fast as row-by-row copies on ResNet-20's feature maps.
 private func im2colShifted(_ g: ConvGeometry, input x: UnsafePointer<Float>, batch: Int,
                            images: Range<Int>, col: UnsafeMutablePointer<Float>) {
     let k = g.kernel, columns = images.count * g.height * g.width

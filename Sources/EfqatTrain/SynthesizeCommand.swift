@@ -57,12 +57,7 @@ struct SynthesizeCommand: RankCommand {
     @OptionGroup var runtime: RuntimeOptions
 
     var options: SynthesisOptions {
-        var options = SynthesisOptions()
-        options.images = images
-        options.batchSize = batchSize
-        options.iterations = iterations
-        options.seed = seed
-        return options
+        SynthesisOptions(images: images, batchSize: batchSize, iterations: iterations, seed: seed)
     }
 
     func validate() throws {

@@ -28,14 +28,16 @@ public struct SynthesisOptions: Sendable, Equatable {
 
     public init() {}
 
-    /// The reference code's setting: 1024 images, batch 128, 4000 iterations.
-    public static var reference: SynthesisOptions {
-        var options = SynthesisOptions()
-        options.images = 1024
-        options.batchSize = 128
-        options.iterations = 4000
-        return options
+    /// The sizes a run chooses, with every schedule at its default.
+    public init(images: Int, batchSize: Int, iterations: Int, seed: UInt64 = 0) {
+        self.images = images
+        self.batchSize = batchSize
+        self.iterations = iterations
+        self.seed = seed
     }
+
+    /// The reference code's setting: 1024 images, batch 128, 4000 iterations.
+    public static var reference: SynthesisOptions { SynthesisOptions(images: 1024, batchSize: 128, iterations: 4000) }
 
     public var batches: Int { images / batchSize }
 

@@ -18,16 +18,23 @@ public final class ReLU {
 
     public func backward(_ dy: FeatureMap) -> FeatureMap {
         guard let y = outputMap else { preconditionFailure("ReLU: backward before forward") }
-        let dx = y.like(inputGradient)
-        // dy times a 0/1 factor: a select between dy and 0 compiles to a
-        // branch per element, this to vector code (5x faster in cache).
-        let output = y.data, gradient = dy.data, out = dx.data
-        for i in 0..<y.count {
-            let pass: Float = output[i] > 0 ? 1 : 0
-            out[i] = gradient[i] * pass
-        }
-        return dx
+        return rectifierBackward(output: y, gradient: dy, negativeFactor: 0, into: inputGradient)
     }
+}
+
+/// dx = dy * (1 where the output y is positive, else `negativeFactor`): the
+/// backward pass of ReLU (0) and LeakyReLU (its slope). A factor, not a
+/// select between dy and 0, which compiles to a branch per element; this
+/// compiles to vector code (5x faster in cache).
+private func rectifierBackward(output y: FeatureMap, gradient dy: FeatureMap, negativeFactor: Float,
+                               into buffer: FloatBuffer) -> FeatureMap {
+    let dx = y.like(buffer)
+    let output = y.data, gradient = dy.data, out = dx.data
+    for i in 0..<y.count {
+        let factor: Float = output[i] > 0 ? 1 : negativeFactor
+        out[i] = gradient[i] * factor
+    }
+    return dx
 }
 
 /// relu(a + b): the end of a residual block. Backward gives one gradient,
@@ -101,13 +108,7 @@ public final class LeakyReLU {
 
     public func backward(_ dy: FeatureMap) -> FeatureMap {
         guard let y = outputMap else { preconditionFailure("LeakyReLU: backward before forward") }
-        let dx = y.like(inputGradient)
-        let output = y.data, gradient = dy.data, out = dx.data
-        for i in 0..<y.count {
-            let factor: Float = output[i] > 0 ? 1 : slope  // vectorizes, unlike a select of dy
-            out[i] = gradient[i] * factor
-        }
-        return dx
+        return rectifierBackward(output: y, gradient: dy, negativeFactor: slope, into: inputGradient)
     }
 }
 

@@ -19,12 +19,7 @@ final class SynthesisTests: XCTestCase {
     }
 
     func tinyOptions(images: Int, batchSize: Int = 8, iterations: Int = 3, seed: UInt64 = 11) -> SynthesisOptions {
-        var options = SynthesisOptions()
-        options.images = images
-        options.batchSize = batchSize
-        options.iterations = iterations
-        options.seed = seed
-        return options
+        SynthesisOptions(images: images, batchSize: batchSize, iterations: iterations, seed: seed)
     }
 
     /// A few dozen iterations cut the loss on a small model by more than

@@ -8,13 +8,13 @@ import Layers
 import Quantization
 import Training
 
-/// Throughput of one training step of ResNet-20 on 1x28x28 images: FP32,
+/// Throughput of one training step of Network-20 on 1x28x28 images: FP32,
 /// full QAT and EfQAT at several fractions, timed side by side (one step of
 /// each configuration per round), next to OpenBLAS's own GEMM speed.
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "efqat-bench",
-        abstract: "Measure training-step time of ResNet-20 (FP32, full QAT, EfQAT) and OpenBLAS sgemm GFLOP/s.")
+        abstract: "Measure training-step time of Network-20 (FP32, full QAT, EfQAT) and OpenBLAS sgemm GFLOP/s.")
 
     @Option(help: "Images per step.")
     var batch = 128
@@ -40,7 +40,7 @@ struct Bench: ParsableCommand {
     /// One timed configuration: its model, what it trains, and its times.
     final class Configuration {
         let label: String
-        let model: ResNet
+        let model: Network
         let optimizer: SGD
         let spans: [TrainedSpan]
         let floatsPerStep: Int
@@ -57,7 +57,7 @@ struct Bench: ParsableCommand {
             return values.count % 2 == 1 ? values[middle] : (values[middle - 1] + values[middle]) / 2
         }
 
-        init(label: String, model: ResNet, channels: CriticalChannels?) {
+        init(label: String, model: Network, channels: CriticalChannels?) {
             self.label = label
             self.model = model
             optimizer = SGD(layout: model.store.parameterLayout, momentum: 0.9, weightDecay: 5e-4)
@@ -79,7 +79,7 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         setBLASThreads(threads)
-        print("efqat-bench: ResNet-20, batch \(batch), 1x28x28, \(threads) thread(s), \(steps) timed steps, \(clock) clock, "
+        print("efqat-bench: Network-20, batch \(batch), 1x28x28, \(threads) thread(s), \(steps) timed steps, \(clock) clock, "
               + "weights: \(weights ?? "random initialisation")")
         print(gemmReport())
         let images = FloatBuffer(capacity: batch * 784)
@@ -138,8 +138,8 @@ struct Bench: ParsableCommand {
 
     /// ResNet-20 with --weights or a seeded initialisation; quantized and
     /// calibrated on the bench batch when a policy is given.
-    func model(_ policy: QuantizationPolicy? = nil, _ x: FeatureMap? = nil) throws -> ResNet {
-        let model = ResNet(.resnet20())
+    func model(_ policy: QuantizationPolicy? = nil, _ x: FeatureMap? = nil) throws -> Network {
+        let model = Network(ModelSpec(architecture: .resnet20, inputChannels: 1, classes: 10))
         model.initialize(seed: 1)
         if let weights {
             try ModelCheckpoint.restore(try SafeTensorsFile.read(from: weights), path: weights, into: model,
@@ -172,7 +172,7 @@ struct Bench: ParsableCommand {
         return [t1 - t0, t2 - t1, clock.now() - t2]
     }
 
-    /// sgemm GFLOP/s on a square problem and on the shape of ResNet-20's
+    /// sgemm GFLOP/s on a square problem and on the shape of Network-20's
     /// first-stage convolutions (16 x 144 x 784*batch).
     func gemmReport() -> String {
         var lines: [String] = []

@@ -11,7 +11,7 @@ import Training
 struct EfqatTrain: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "efqat-train",
-        abstract: "Turn a pretrained FP32 ResNet into an accurate low-bit one, data-parallel over MPI.",
+        abstract: "Turn a pretrained FP32 Network into an accurate low-bit one, data-parallel over MPI.",
         subcommands: [TrainCommand.self, SearchBitsCommand.self, SynthesizeCommand.self],
         defaultSubcommand: TrainCommand.self)
 }
@@ -41,7 +41,7 @@ extension RankCommand {
 
     /// The model in a file written by the train job (its FP32 weights and
     /// running statistics), and the file with its metadata.
-    func loadModel(_ path: String) throws -> (model: ResNet, file: SafeTensorsFile) {
+    func loadModel(_ path: String) throws -> (model: Network, file: SafeTensorsFile) {
         guard FileManager.default.fileExists(atPath: path) else {
             throw RunError.invalid("no model at \(path): run the train job first (efqat-train --output DIR writes "
                                    + "DIR/fp32.safetensors), or pass --model PATH")
@@ -50,13 +50,14 @@ extension RankCommand {
         guard let configJSON = file.metadata["efqat.model"] else {
             throw RunError.invalid("\(path): no efqat.model metadata; expected a model file written by efqat-train")
         }
-        let config: ResNetConfig
+        let spec: ModelSpec
         do {
-            config = try JSONDecoder().decode(ResNetConfig.self, from: Data(configJSON.utf8))
+            spec = try JSONDecoder().decode(ModelSpec.self, from: Data(configJSON.utf8))
         } catch {
             throw RunError.invalid("\(path): cannot read the model description \(configJSON): \(error)")
         }
-        let model = ResNet(config)
+        if let problem = spec.problem { throw RunError.invalid("\(path): \(problem)") }
+        let model = Network(spec)
         try ModelCheckpoint.restore(file, path: path, into: model, requireQuantizers: false, optimizer: nil)
         return (model, file)
     }

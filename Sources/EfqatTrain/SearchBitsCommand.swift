@@ -71,14 +71,13 @@ struct SearchBitsCommand: RankCommand {
     }
 
     func run(communicator: Communicator) throws {
-        let (resnet, file) = try loadModel(model)
-        let config = resnet.config
+        let (network, file) = try loadModel(model)
 
         var calibration = CalibrationOptions()
         calibration.weights = weightCalibration
         calibration.percentile = percentile
         let policy = QuantizationPolicy(weightBits: weightBits, activationBits: activationBits)
-        let result = try MixQuant.search(resnet, policy: policy,
+        let result = try MixQuant.search(network, policy: policy,
                                          options: MixQuantOptions(rule: rule, includeFirstLast: includeFirstLast),
                                          calibration: calibration)
         guard communicator.isRoot else { return }
@@ -91,7 +90,7 @@ struct SearchBitsCommand: RankCommand {
         switch format {
         case .table:
             FileHandleOutput.standardOutput.write(
-                "\(model): ResNet-\(config.depth), phase \(file.metadata["efqat.phase"] ?? "?")\n"
+                "\(model): \(network.spec), phase \(file.metadata["efqat.phase"] ?? "?")\n"
                 + result.render() + "\n"
                 + "layer bits (for --layer-bits): \(result.layerBitsArgument)\n"
                 + (output.map { "wrote \($0)\n" } ?? ""))

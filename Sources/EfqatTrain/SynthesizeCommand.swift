@@ -81,8 +81,8 @@ struct SynthesizeCommand: RankCommand {
         if communicator.isRoot { try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true) }
         let path = output + "/genie.safetensors"
         let options = self.options
-        log.say("genie: \(options.images) images of \(teacher.config.inputChannels)x\(height)x\(width) for "
-                + "ResNet-\(teacher.config.depth) (\(modelPath)), \(options.batches) batches of \(options.batchSize), "
+        log.say("genie: \(options.images) images of \(teacher.spec.inputChannels)x\(height)x\(width) for "
+                + "\(teacher.spec) (\(modelPath)), \(options.batches) batches of \(options.batchSize), "
                 + "\(options.iterations) iterations each, \(communicator.size) rank(s)")
 
         let report = try synthesizeDataset(
@@ -93,7 +93,7 @@ struct SynthesizeCommand: RankCommand {
         }
         guard communicator.isRoot else { return }
         let grid = gridPng ?? output + "/genie-samples.png"
-        let png = sampleGridPNG(images: report.images, channels: teacher.config.inputChannels, height: height,
+        let png = sampleGridPNG(images: report.images, channels: teacher.spec.inputChannels, height: height,
                                 width: width)
         guard FileManager.default.createFile(atPath: grid, contents: Data(png)) else { throw RunError.unwritable(grid) }
         let perImage = report.synthesizedBatches > 0

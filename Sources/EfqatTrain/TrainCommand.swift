@@ -9,8 +9,8 @@ import Quantization
 import Training
 
 /// `efqat-train [train]`: the default job. Every option has a default, so
-/// running it with no arguments trains, quantizes and evaluates the MNIST
-/// ResNet-20.
+/// running it with no arguments trains, quantizes and evaluates ResNet-20
+/// on MNIST.
 struct TrainCommand: RankCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
@@ -165,8 +165,12 @@ struct TrainCommand: RankCommand {
     @Option(help: "Train on a seeded random subset of this many training samples (default: all).")
     var trainSamples: Int?
 
-    @Option(help: "Channel width multiplier of ResNet-20 (1: 16/32/64 channels).")
-    var width = 1
+    @Option(help: ArgumentHelp("Network architecture: \(Architecture.allCases.map(\.rawValue).joined(separator: ", ")). "
+                               + "Input channels and classes come from the data set.", valueName: "name"))
+    var arch: Architecture = .resnet20
+
+    @Option(help: "Channel width multiplier (resnet20: 1 gives 16/32/64 channels; mobilenet_v2: torchvision's width_mult).")
+    var width: Double = 1
 
     @Option(help: "Seed of initialisation, data order and calibration subset.")
     var seed: UInt64 = 0
@@ -234,7 +238,7 @@ struct TrainCommand: RankCommand {
         for (name, value) in [("--fp32-epochs", fp32Epochs), ("--qat-epochs", qatEpochs)] where value < 0 {
             throw ValidationError("\(name) must be 0 or more, got \(value)")
         }
-        for (name, value) in [("--batch-size", batchSize), ("--accumulation", accumulation), ("--width", width),
+        for (name, value) in [("--batch-size", batchSize), ("--accumulation", accumulation),
                               ("--calibration-samples", calibrationSamples), ("--keep-checkpoints", keepCheckpoints)]
             where value <= 0 {
             throw ValidationError("\(name) must be positive, got \(value)")
@@ -251,6 +255,7 @@ struct TrainCommand: RankCommand {
             throw ValidationError("--reconstruct (AdaRound) supports --weight-scheme symmetric only")
         }
         if augmentShift < 0 { throw ValidationError("--augment-shift must be 0 or more, got \(augmentShift)") }
+        if !(width > 0 && width <= 64) { throw ValidationError("--width must be in (0, 64], got \(width)") }
         if let trainSamples, trainSamples <= 0 { throw ValidationError("--train-samples must be positive, got \(trainSamples)") }
         _ = try zeroShotOptions()
         _ = try quantizationPolicy()
@@ -343,6 +348,7 @@ struct TrainCommand: RankCommand {
         var options = PipelineOptions(dataDirectory: dataDir ?? repositoryCache, outputDirectory: output,
                                       fp32: fp32, qat: qat, policy: try quantizationPolicy())
         options.dataset = dataset
+        options.architecture = arch
         options.widthMultiplier = width
         options.calibrationSamples = calibrationSamples
         options.calibration = CalibrationOptions(weights: weightCalibration, activations: activationCalibration)
@@ -381,6 +387,7 @@ extension TrainCommand {
 }
 
 extension DatasetFormat: ExpressibleByArgument {}
+extension Architecture: ExpressibleByArgument {}
 extension RangeEstimator: ExpressibleByArgument {}
 extension QuantScheme: ExpressibleByArgument {}
 extension LearningRateSchedule: ExpressibleByArgument {}

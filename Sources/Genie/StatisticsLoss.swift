@@ -31,7 +31,7 @@ public struct StatisticsLossValue: Sendable, Equatable {
 /// computed. Every strided convolution of the copy carries a
 /// `ReflectPadCrop` (`swings`); the caller sets their offsets.
 public final class BatchNormStatisticsLoss {
-    public let teacher: ResNet
+    public let teacher: Network
     /// The swing crops of the strided convolutions, in forward order.
     public let swings: [ReflectPadCrop]
     private let layers: [Statistics]
@@ -87,11 +87,11 @@ public final class BatchNormStatisticsLoss {
     }
 
     /// Copies `model` (which stays untouched) and hooks the copy.
-    public init(teacher model: ResNet) {
-        teacher = ResNet(model.config)
-        teacher.store.parameters.copy(from: model.store.parameters)
-        teacher.store.state.copy(from: model.store.state)
-        teacher.conv1.needsInputGradient = true
+    public init(teacher model: Network) {
+        // A private copy, hooked for good: the switches below never reach
+        // the caller's model.
+        teacher = model.clone()
+        for layer in teacher.inputLayers { layer.needsInputGradient = true }
         var swings: [ReflectPadCrop] = []
         for layer in teacher.layers {
             layer.gradientRows = []

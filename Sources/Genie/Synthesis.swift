@@ -99,12 +99,12 @@ public final class BatchSynthesizer {
     private let generator: Generator
     private let latents = FloatBuffer()
 
-    /// `teacher` is copied, not changed. Images are `teacher.config.inputChannels`
+    /// `teacher` is copied, not changed. Images are `teacher.spec.inputChannels`
     /// x `height` x `width`.
-    public init(teacher: ResNet, height: Int, width: Int, options: SynthesisOptions) {
+    public init(teacher: Network, height: Int, width: Int, options: SynthesisOptions) {
         if let problem = options.problem { preconditionFailure(problem) }
         self.options = options
-        channels = teacher.config.inputChannels
+        channels = teacher.spec.inputChannels
         self.height = height
         self.width = width
         loss = BatchNormStatisticsLoss(teacher: teacher)

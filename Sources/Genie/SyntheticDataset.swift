@@ -81,7 +81,7 @@ struct SyntheticDataFile {
 /// interrupted run continues where it stopped. Every rank must call this
 /// with the same arguments; `metadata` is added to the file's (e.g. the
 /// teacher's description). `events` is called on rank 0 only.
-public func synthesizeDataset(teacher: ResNet, height: Int, width: Int, options: SynthesisOptions,
+public func synthesizeDataset(teacher: Network, height: Int, width: Int, options: SynthesisOptions,
                               communicator: Communicator, path: String, metadata extra: [String: String] = [:],
                               events: (SynthesisEvent) -> Void = { _ in }) throws -> SynthesisReport {
     if let problem = options.problem { throw SynthesisError(problem) }
@@ -89,7 +89,7 @@ public func synthesizeDataset(teacher: ResNet, height: Int, width: Int, options:
         throw SynthesisError("the generator needs image sides that are multiples of 4 (at least 8), got \(height)x\(width)")
     }
     let started = Date()
-    let shape = [teacher.config.inputChannels, height, width]
+    let shape = [teacher.spec.inputChannels, height, width]
     let imageSize = shape.reduce(1, *)
     var metadata = extra
     metadata["genie.recipe"] = options.recipe
@@ -151,7 +151,7 @@ public func synthesizeDataset(teacher: ResNet, height: Int, width: Int, options:
 
 /// CRC-32 of the teacher's parameters and running statistics: a data set is
 /// resumed only for the very same teacher.
-func teacherChecksum(_ model: ResNet) -> String {
+func teacherChecksum(_ model: Network) -> String {
     var crc = CRC32()
     for arena in [model.store.parameters, model.store.state] { crc.update(UnsafeRawBufferPointer(arena.all)) }
     return crc.hexValue

@@ -11,7 +11,7 @@ import Layers
 /// calibration samples (no backward, no update). The statistics of every
 /// micro-batch are summed over ranks, so all ranks end with the same
 /// running statistics: the average of the micro-batch means and variances.
-public func reestimateBatchNormStatistics(_ model: ResNet, communicator: Communicator, runBatches: () -> Void) {
+public func reestimateBatchNormStatistics(_ model: Network, communicator: Communicator, runBatches: () -> Void) {
     let norms = model.batchNorms
     // Statistics of an earlier training-mode forward must not count.
     for norm in norms { norm.discardPendingStatistics() }

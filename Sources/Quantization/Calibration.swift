@@ -54,7 +54,7 @@ public struct CalibrationOptions: Sendable, Equatable {
 /// range [lo, hi] widened to include 0:
 /// symmetric (signed grid): s = max(|lo|, |hi|) / qmax, z = 0;
 /// asymmetric (unsigned grid): s = (hi - lo) / (2^b - 1), z = round(-lo / s).
-public func calibrate(_ model: ResNet, options: CalibrationOptions = CalibrationOptions(),
+public func calibrate(_ model: Network, options: CalibrationOptions = CalibrationOptions(),
                       communicator: Communicator, runBatches: () -> Void) {
     let layers = model.layers
     let store = model.store
@@ -64,9 +64,7 @@ public func calibrate(_ model: ResNet, options: CalibrationOptions = Calibration
     guard !active.isEmpty else { return }
     let observers = active.map { _ in RangeObserver() }
     func pass(_ observe: @escaping (RangeObserver, FeatureMap) -> Void) {
-        for (layer, observer) in zip(active, observers) { layer.inputObserver = { observe(observer, $0) } }
-        model.withQuantizationDisabled(runBatches)
-        for layer in active { layer.inputObserver = nil }
+        active.withInputObservers({ observe(observers[$0], $1) }) { model.withQuantizationDisabled(runBatches) }
     }
 
     pass { $0.observeRange($1) }
@@ -255,19 +253,5 @@ final class RangeObserver {
             if seen >= fraction * total { return low + Float(b + 1) * binWidth }
         }
         return high
-    }
-}
-
-extension ResNet {
-    /// Runs `body` with quantization off (the FP32 forward), then restores
-    /// each quantizer's on/off state.
-    public func withQuantizationDisabled(_ body: () -> Void) {
-        let saved = layers.map { ($0.weightQuantizer.enabled, $0.inputQuantizer.enabled) }
-        disableQuantization()
-        body()
-        for (layer, (w, a)) in zip(layers, saved) {
-            layer.weightQuantizer.enabled = w
-            layer.inputQuantizer.enabled = a
-        }
     }
 }

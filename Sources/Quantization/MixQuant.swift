@@ -334,7 +334,7 @@ public enum MixQuant {
     /// `options.includeFirstLast`. The others keep the policy's bits and
     /// count in the model size. Each layer keeps the policy's input bits.
     /// The model's weights and quantizer state are left unchanged.
-    public static func search(_ model: ResNet, policy: QuantizationPolicy, options: MixQuantOptions,
+    public static func search(_ model: Network, policy: QuantizationPolicy, options: MixQuantOptions,
                               calibration: CalibrationOptions = CalibrationOptions()) throws -> MixQuantResult {
         try options.rule.validate()
         guard candidateBits.contains(policy.weightBits) else {

@@ -62,7 +62,7 @@ public struct QuantizationPolicy: Sendable, Equatable {
 
     /// Sets every layer's grids from the policy (signed for a symmetric
     /// scheme, unsigned for an asymmetric one) and turns quantization on.
-    public func apply(to model: ResNet) {
+    public func apply(to model: Network) {
         let layers = model.layers
         for (i, layer) in layers.enumerated() {
             let bits = self.bits(layer: layer.name, index: i, count: layers.count)
@@ -74,16 +74,6 @@ public struct QuantizationPolicy: Sendable, Equatable {
             } else {
                 layer.inputQuantizer.enabled = false
             }
-        }
-    }
-}
-
-extension ResNet {
-    /// Turns fake quantization off everywhere (the FP32 model).
-    public func disableQuantization() {
-        for layer in layers {
-            layer.weightQuantizer.enabled = false
-            layer.inputQuantizer.enabled = false
         }
     }
 }
@@ -129,7 +119,7 @@ extension QuantizationPolicy {
     }
 
     /// Names in `overrides` that are not layers of `model`: almost always a typo.
-    public func unknownLayers(in model: ResNet) -> [String] {
+    public func unknownLayers(in model: Network) -> [String] {
         let names = Set(model.layers.map(\.name))
         return overrides.keys.filter { !names.contains($0) }.sorted()
     }

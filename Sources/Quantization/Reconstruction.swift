@@ -265,8 +265,8 @@ public final class AdaRoundWeights {
 
 // MARK: Reconstruction
 
-/// Reconstructs `model` unit by unit: the stem (conv1 + bn1 + ReLU), every
-/// BasicBlock, then the classifier (fc on the pooled features).
+/// Reconstructs `model` unit by unit, in the order of `model.units` (for a
+/// ResNet: the stem, every residual block, the classifier).
 ///
 /// Call it after `QuantizationPolicy.apply(to:)` and `calibrate(...)`: the
 /// calibrated steps are the starting point, and the model's weights must
@@ -281,7 +281,7 @@ public final class AdaRoundWeights {
 /// samples each iteration sees do not depend on the number of ranks.
 /// `progress` is called on rank 0 only.
 @discardableResult
-public func reconstruct(_ model: ResNet, options: ReconstructionOptions = ReconstructionOptions(),
+public func reconstruct(_ model: Network, options: ReconstructionOptions = ReconstructionOptions(),
                         communicator: Communicator, images: ReconstructionImages,
                         progress: (String) -> Void = { _ in }) -> ReconstructionReport {
     if let problem = options.problem { preconditionFailure(problem) }
@@ -290,9 +290,7 @@ public func reconstruct(_ model: ResNet, options: ReconstructionOptions = Recons
     func say(_ message: String) { if communicator.isRoot { progress(message) } }
 
     // The FP32 reference: a copy of the model before any weight changes.
-    let reference = ResNet(model.config)
-    reference.store.parameters.copy(from: model.store.parameters)
-    reference.store.state.copy(from: model.store.state)
+    let reference = model.clone()
 
     // The calibration samples, and their images cached on every rank.
     var rng = SplitMix64(seed: options.seed, stream: [0x5245_434F])
@@ -310,16 +308,11 @@ public func reconstruct(_ model: ResNet, options: ReconstructionOptions = Recons
                                     height: images.height, width: images.width), first: first)
     }
 
-    let units = UnitRunner.units(of: model), referenceUnits = UnitRunner.units(of: reference)
+    let units = model.units, referenceUnits = reference.units
     var fpInput = imageCache, quantizedInput = imageCache
     var reports: [UnitReconstruction] = []
     for (u, (unit, referenceUnit)) in zip(units, referenceUnits).enumerated() {
         let unitStarted = Date()
-        if unit.isHead {
-            let same = fpInput === quantizedInput
-            fpInput = fpInput.pooled()
-            quantizedInput = same ? fpInput : quantizedInput.pooled()
-        }
         // FP32 targets, and the quantized unit's error before reconstruction.
         let target = unitPass(referenceUnit, input: fpInput, chunk: chunk, scratch: scratch, compare: nil).output
         let before = unitPass(unit, input: quantizedInput, chunk: chunk, scratch: scratch, compare: target).error
@@ -349,14 +342,14 @@ public func reconstruct(_ model: ResNet, options: ReconstructionOptions = Recons
 
 /// Runs `unit` forward over every cached sample in chunks; returns the
 /// outputs and, given `compare`, the mean squared error against it.
-private func unitPass(_ unit: UnitRunner, input: SampleCache, chunk: Int, scratch: FloatBuffer,
+private func unitPass(_ unit: any NetworkUnit, input: SampleCache, chunk: Int, scratch: FloatBuffer,
                       compare: SampleCache?) -> (output: SampleCache, error: Double) {
     var output: SampleCache?
     var total: Double = 0
     let expected = FloatBuffer()
     for first in stride(from: 0, to: input.count, by: chunk) {
         let samples = first..<min(first + chunk, input.count)
-        let y = unit.forward(input.gather(samples, into: scratch))
+        let y = unit.forward(input.gather(samples, into: scratch), training: false)
         let out = output ?? SampleCache(count: input.count, channels: y.channels, height: y.height, width: y.width)
         output = out
         out.store(y, first: first)
@@ -383,7 +376,7 @@ private func sumOfSquaredDifferences(_ a: UnsafePointer<Float>, _ b: UnsafePoint
 /// The optimisation of one unit: soft-rounded weights, Adam on V and the
 /// steps, gradients all-reduced in one packed buffer per iteration.
 private final class UnitTrainer {
-    let unit: UnitRunner
+    let unit: any NetworkUnit
     let options: ReconstructionOptions
     let communicator: Communicator
     let store: ParameterStore
@@ -400,9 +393,10 @@ private final class UnitTrainer {
     private let coins: QDropCoins
     private let masks: DropMasks
     private let fpScratch = FloatBuffer()
-    private var savedRows: [[Range<Int>]] = []
+    /// The samples and iteration of the forward under way, for QDrop's coins.
+    private var current: (samples: [Int], iteration: Int) = ([], 0)
 
-    init(unit: UnitRunner, model: ResNet, options: ReconstructionOptions, communicator: Communicator, index: Int,
+    init(unit: any NetworkUnit, model: Network, options: ReconstructionOptions, communicator: Communicator, index: Int,
          fpInput: SampleCache, quantizedInput: SampleCache, target: SampleCache) {
         self.unit = unit
         self.options = options
@@ -424,11 +418,25 @@ private final class UnitTrainer {
     var weightCount: Int { rounded.reduce(0) { $0 + $1.count } }
 
     /// Trains the unit; returns the last iteration's reconstruction loss.
+    /// Inside, every layer of the unit computes dW for all its rows, the
+    /// layers reading the unit's input skip dL/dx where they can, and QDrop
+    /// draws the masks of the quantized inputs; all of it is undone after.
     func run(progress: (_ iteration: Int, _ reconstruction: Double, _ rounding: Double, _ beta: Float) -> Void) -> Double {
+        guard options.iterations > 0, !(rounded.isEmpty && activationStepLayers.isEmpty) else { return .nan }
+        let layers = unit.convolutions
+        let dropped = droppedInputs.map { layers[$0] }
+        return layers.withAllGradientRows {
+            unit.inputLayers.withInputGradient(false) {
+                dropped.withDropMasks({ self.dropMask(site: self.droppedInputs[$0] + 1, input: $1) }) {
+                    train(progress: progress)
+                }
+            }
+        }
+    }
+
+    private func train(progress: (_ iteration: Int, _ reconstruction: Double, _ rounding: Double, _ beta: Float) -> Void)
+        -> Double {
         let iterations = options.iterations
-        guard iterations > 0, !(rounded.isEmpty && activationStepLayers.isEmpty) else { return .nan }
-        savedRows = unit.convolutions.map(\.gradientRows)
-        for layer in unit.convolutions { layer.gradientRows = [0..<layer.outChannels] }
         for r in rounded { r.attach() }
 
         // Packed gradients: [dV of every layer | weight steps | activation steps | loss].
@@ -458,8 +466,8 @@ private final class UnitTrainer {
                 let x = mixInputs
                     ? mixedInput(samples, iteration: t, into: input)
                     : quantizedInput.gather(samples, into: input)
-                dropInside(samples, iteration: t, input: x)
-                let y = unit.forward(x)
+                current = (samples, t)
+                let y = unit.forward(x, training: false)
                 let goal = target.gather(samples, into: expected)
                 // L = sum over the global batch of (y - t)^2 / (B * H * W).
                 let scale = 1 / Float(batch * y.height * y.width)
@@ -527,7 +535,6 @@ private final class UnitTrainer {
                 progress(it, lastLoss, roundingLoss, beta)
             }
         }
-        for l in droppedInputs { unit.convolutions[l].inputQuantizer.dropMask = nil }
         store.gradients.zero()
         return lastLoss
     }
@@ -542,15 +549,9 @@ private final class UnitTrainer {
         return options.betaEnd + (options.betaStart - options.betaEnd) * Float(1 - progress)
     }
 
-    /// Bakes the hard rounding into the weights, restores the layers'
-    /// gradient rows; returns the number of changed roundings.
-    func finish() -> Int {
-        let changed = rounded.reduce(0) { $0 + $1.bake() }
-        if !savedRows.isEmpty {
-            for (layer, rows) in zip(unit.convolutions, savedRows) { layer.gradientRows = rows }
-        }
-        return changed
-    }
+    /// Bakes the hard rounding into the weights; returns the number of
+    /// changed roundings.
+    func finish() -> Int { rounded.reduce(0) { $0 + $1.bake() } }
 
     /// The unit's input for `samples` with QDrop: the quantized path's
     /// value, or the FP32 one where site 0's coin drops the element.
@@ -563,19 +564,15 @@ private final class UnitTrainer {
         return x
     }
 
-    /// QDrop inside the unit: draws the masks of the quantized inputs of
-    /// this iteration's forward (unit input `x`) and hands them to the
-    /// input quantizers.
-    func dropInside(_ samples: [Int], iteration: Int, input x: FeatureMap) {
-        guard !droppedInputs.isEmpty else { return }
-        let shapes = unit.convolutionInputs(for: x)
-        for l in droppedInputs {
-            let (channels, pixels) = shapes[l]
-            let mask = masks.reserve(site: l + 1, count: samples.count * channels * pixels)
-            coins.draw(site: l + 1, iteration: iteration, samples: samples, channels: channels, pixels: pixels,
-                       into: mask)
-            unit.convolutions[l].inputQuantizer.dropMask = UnsafePointer(mask)
-        }
+    /// QDrop inside the unit: the mask of one quantized input `x` of this
+    /// iteration's forward (site l + 1 for the unit's convolution l).
+    func dropMask(site: Int, input x: FeatureMap) -> UnsafePointer<UInt8> {
+        let (samples, iteration) = current
+        precondition(x.batch == samples.count, "\(unit.name): QDrop expected a batch of \(samples.count)")
+        let mask = masks.reserve(site: site, count: x.count)
+        coins.draw(site: site, iteration: iteration, samples: samples, channels: x.channels,
+                   pixels: x.height * x.width, into: mask)
+        return UnsafePointer(mask)
     }
 }
 
@@ -726,145 +723,5 @@ final class SampleCache {
             }
         }
         return x
-    }
-
-    /// Global average pooling of every sample: [C, H, W] -> [C, 1, 1].
-    func pooled() -> SampleCache {
-        let out = SampleCache(count: count, channels: channels, height: 1, width: 1)
-        for n in 0..<count {
-            for c in 0..<channels {
-                out.sample(n)[c] = sum(sample(n) + c * plane, count: plane) / Float(plane)
-            }
-        }
-        return out
-    }
-}
-
-// MARK: Units
-
-/// Forward and backward of one reconstruction unit, with batch norm in
-/// evaluation mode (running statistics, not trained): the backward of
-/// y = a * x + b per channel is dx = a * dy, a = gamma / sqrt(var + eps).
-final class UnitRunner {
-    private enum Body {
-        case stem(Conv2d, BatchNorm2d)
-        case block(BasicBlock)
-        case head(Conv2d)
-    }
-
-    let name: String
-    let convolutions: [Conv2d]
-    private let body: Body
-    private let store: ParameterStore
-    private let hidden = FloatBuffer(), output = FloatBuffer()
-    private let gradientA = FloatBuffer(), gradientB = FloatBuffer()
-    private var hiddenMap: FeatureMap?
-    private var outputMap: FeatureMap?
-
-    private init(name: String, body: Body, store: ParameterStore) {
-        self.name = name
-        self.body = body
-        self.store = store
-        switch body {
-        case .stem(let conv, _): convolutions = [conv]
-        case .block(let block): convolutions = block.convolutions
-        case .head(let fc): convolutions = [fc]
-        }
-    }
-
-    /// The stem, every block, and the classifier of `model`, in order.
-    static func units(of model: ResNet) -> [UnitRunner] {
-        [UnitRunner(name: "stem", body: .stem(model.conv1, model.bn1), store: model.store)]
-            + model.blocks.map { UnitRunner(name: $0.name, body: .block($0), store: model.store) }
-            + [UnitRunner(name: model.fc.name, body: .head(model.fc), store: model.store)]
-    }
-
-    var isHead: Bool {
-        if case .head = body { return true }
-        return false
-    }
-
-    /// The per-sample shape of each convolution's input, in `convolutions`
-    /// order, when the unit's input is `x`.
-    func convolutionInputs(for x: FeatureMap) -> [(channels: Int, pixels: Int)] {
-        let input = (channels: x.channels, pixels: x.height * x.width)
-        switch body {
-        case .stem, .head:
-            return [input]
-        case .block(let block):
-            let hidden = (channels: block.conv2.inChannels, pixels: block.conv1.geometry(for: x).outPixels)
-            return [input, hidden] + (block.downsample == nil ? [] : [input])
-        }
-    }
-
-    func forward(_ x: FeatureMap) -> FeatureMap {
-        switch body {
-        case .stem(let conv, let norm):
-            let u = norm.forward(conv.forward(x), training: false)
-            let y = u.like(output)
-            for i in 0..<u.count { y.data[i] = max(u.data[i], 0) }
-            outputMap = y
-            return y
-        case .block(let block):
-            let u1 = block.bn1.forward(block.conv1.forward(x), training: false)
-            let h = u1.like(hidden)
-            for i in 0..<u1.count { h.data[i] = max(u1.data[i], 0) }
-            hiddenMap = h
-            let u2 = block.bn2.forward(block.conv2.forward(h), training: false)
-            let shortcut = block.downsample.map { $0.norm.forward($0.conv.forward(x), training: false) } ?? x
-            let y = u2.like(output)
-            for i in 0..<u2.count { y.data[i] = max(u2.data[i] + shortcut.data[i], 0) }
-            outputMap = y
-            return y
-        case .head(let fc):
-            return fc.forward(x)
-        }
-    }
-
-    /// Adds the gradients of the unit's quantizer parameters (and, through
-    /// soft rounding, of V) for the output gradient `dy`.
-    func backward(_ dy: FeatureMap) {
-        switch body {
-        case .stem(let conv, let norm):
-            let y = outputMap!
-            let dz = y.like(gradientA)
-            scale(dy, by: norm, mask: y, into: dz)
-            _ = conv.backward(dz)
-        case .block(let block):
-            let y = outputMap!
-            let dSum = y.like(gradientA)
-            for i in 0..<y.count { dSum.data[i] = dy.data[i] * (y.data[i] > 0 ? 1 : 0) }
-            let dz2 = y.like(gradientB)
-            scale(dSum, by: block.bn2, mask: nil, into: dz2)
-            let dh = block.conv2.backward(dz2)
-            let h = hiddenMap!
-            let dz1 = h.like(gradientB)
-            scale(dh, by: block.bn1, mask: h, into: dz1)
-            _ = block.conv1.backward(dz1)
-            if let downsample = block.downsample {
-                let dzs = y.like(gradientB)
-                scale(dSum, by: downsample.norm, mask: nil, into: dzs)
-                _ = downsample.conv.backward(dzs)
-            }
-        case .head(let fc):
-            _ = fc.backward(dy)
-        }
-    }
-
-    /// out = dy * gamma / sqrt(running_var + eps) per channel, and 0 where
-    /// `mask` (a ReLU output) is not positive.
-    private func scale(_ dy: FeatureMap, by norm: BatchNorm2d, mask: FeatureMap?, into out: FeatureMap) {
-        let gamma = store.parameters[norm.weight], variance = store.state[norm.runningVar]
-        let m = dy.plane
-        for c in 0..<dy.channels {
-            let a = gamma[c] / (variance[c] + norm.eps).squareRoot()
-            let src = dy.data + c * m, dst = out.data + c * m
-            if let mask {
-                let keep = mask.data + c * m
-                for i in 0..<m { dst[i] = src[i] * (keep[i] > 0 ? a : 0) }
-            } else {
-                for i in 0..<m { dst[i] = src[i] * a }
-            }
-        }
     }
 }

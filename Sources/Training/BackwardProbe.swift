@@ -7,8 +7,8 @@ import Layers
 /// measured side by side on the same micro-batch after training, so a
 /// run's summary can say what the selection saved on this machine.
 ///
-/// The probe leaves the model as it found it: it restores the layers'
-/// gradient rows, drops the batch statistics its forward passes gathered
+/// The probe leaves the model as it found it: full QAT's rows are set only
+/// inside a scope, and it drops the batch statistics its forward passes gathered
 /// and zeroes the gradients.
 public struct BackwardProbe: Sendable {
     /// Seconds per backward pass of one micro-batch, averaged over ranks.
@@ -22,7 +22,7 @@ public struct BackwardProbe: Sendable {
     /// Runs `repetitions` rounds of (selected, full) backward passes on a
     /// seeded micro-batch of `images` (those the phase trained on) and keeps
     /// each configuration's fastest.
-    public static func compare(_ model: ResNet, images: ImageSet, microBatch: Int, seed: UInt64,
+    public static func compare(_ model: Network, images: ImageSet, microBatch: Int, seed: UInt64,
                                communicator: Communicator, repetitions: Int = 3) -> BackwardProbe {
         var rng = SplitMix64(seed: seed, stream: [0x5052_4F42])
         let indices = Array(rng.permutation(images.count).prefix(microBatch))
@@ -30,24 +30,22 @@ public struct BackwardProbe: Sendable {
         images.gatherBatch(indices[...], into: pixels.pointer)
         let x = FeatureMap(data: pixels.pointer, channels: images.channels, batch: indices.count,
                            height: images.height, width: images.width)
-        let selectedRows = model.layers.map(\.gradientRows)
-        let allRows = model.layers.map { [0..<$0.outChannels] }
         let dLogits = FloatBuffer()
+        func timeBackward() -> Double {
+            let logits = model.forward(x, training: true)
+            // The time does not depend on the gradient's values: a
+            // constant one needs no labels and no teacher.
+            dLogits.reserve(logits.count).update(repeating: 1 / Float(indices.count), count: logits.count)
+            let t0 = monotonicSeconds()
+            model.backward(FeatureMap(data: dLogits.pointer, channels: logits.channels, batch: indices.count,
+                                      height: 1, width: 1))
+            return monotonicSeconds() - t0
+        }
         var best = [Double.infinity, Double.infinity]
         for _ in 0..<repetitions {
-            for (which, rows) in [selectedRows, allRows].enumerated() {
-                for (layer, r) in zip(model.layers, rows) { layer.gradientRows = r }
-                let logits = model.forward(x, training: true)
-                // The time does not depend on the gradient's values: a
-                // constant one needs no labels and no teacher.
-                dLogits.reserve(logits.count).update(repeating: 1 / Float(indices.count), count: logits.count)
-                let t0 = monotonicSeconds()
-                model.backward(FeatureMap(data: dLogits.pointer, channels: logits.channels, batch: indices.count,
-                                          height: 1, width: 1))
-                best[which] = min(best[which], monotonicSeconds() - t0)
-            }
+            best[0] = min(best[0], timeBackward())
+            best[1] = min(best[1], model.layers.withAllGradientRows(timeBackward))
         }
-        for (layer, r) in zip(model.layers, selectedRows) { layer.gradientRows = r }
         for norm in model.batchNorms { norm.discardPendingStatistics() }
         model.store.gradients.zero()
         var mean = best

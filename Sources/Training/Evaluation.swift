@@ -13,7 +13,7 @@ public struct Evaluation: Sendable {
 /// Evaluates in inference mode (running statistics) on this rank's
 /// contiguous shard of `data`, then sums over ranks, so every rank gets the
 /// result for the whole set.
-public func evaluate(_ model: ResNet, on data: Dataset, communicator: Communicator,
+public func evaluate(_ model: Network, on data: Dataset, communicator: Communicator,
                      batchSize: Int = 250) -> Evaluation {
     let shard = contiguousShard(count: data.count, rank: communicator.rank, worldSize: communicator.size)
     let images = FloatBuffer(capacity: batchSize * data.sampleSize)

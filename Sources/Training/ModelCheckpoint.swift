@@ -14,13 +14,13 @@ import Layers
 /// - `optimizer.momentum_buffer.<name>` for every trained parameter.
 ///
 /// A model file (`fp32.safetensors`) leaves out quantizer and optimizer
-/// tensors, so `load_state_dict` of a torchvision-style ResNet accepts it
+/// tensors, so `load_state_dict` of the torchvision-style model accepts it
 /// strictly.
 public enum ModelCheckpoint {
     public static let quantizerMarker = "_quantizer."
     public static let momentumPrefix = "optimizer.momentum_buffer."
 
-    public static func tensors(of model: ResNet, includeQuantizers: Bool, optimizer: SGD?) -> [TensorRecord] {
+    public static func tensors(of model: Network, includeQuantizers: Bool, optimizer: SGD?) -> [TensorRecord] {
         let store = model.store
         var records: [TensorRecord] = []
         for slot in store.allSlots where includeQuantizers || !slot.name.contains(quantizerMarker) {
@@ -41,7 +41,7 @@ public enum ModelCheckpoint {
     /// Copies tensors into the model (and optimizer). Every expected tensor
     /// must be present with the right shape; quantizer tensors are required
     /// only when `requireQuantizers` is set.
-    public static func restore(_ file: SafeTensorsFile, path: String, into model: ResNet,
+    public static func restore(_ file: SafeTensorsFile, path: String, into model: Network,
                                requireQuantizers: Bool, optimizer: SGD?) throws {
         let byName = Dictionary(file.tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         func load(_ name: String, shape: [Int], into target: UnsafeMutableBufferPointer<Float>) throws {

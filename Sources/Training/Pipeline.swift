@@ -12,7 +12,9 @@ public struct PipelineOptions: Sendable {
     public var dataset: DatasetFormat = .mnist5k
     public var dataDirectory: String
     public var outputDirectory: String
-    public var widthMultiplier = 1
+    /// The network to build; its input channels and classes come from the data set.
+    public var architecture: Architecture = .resnet20
+    public var widthMultiplier: Double = 1
     public var fp32: PhaseOptions
     public var qat: PhaseOptions
     public var policy: QuantizationPolicy
@@ -104,19 +106,20 @@ public final class Pipeline {
             var rng = SplitMix64(seed: options.fp32.seed, stream: [0x5355_4253])
             train = train.subset(rng.permutation(train.count).prefix(limit).sorted())
         }
-        let config = ResNetConfig.resnet20(inputChannels: train.channels, classes: train.classes,
-                                           widthMultiplier: options.widthMultiplier)
-        let model = ResNet(config)
+        let spec = ModelSpec(architecture: options.architecture, inputChannels: train.channels, classes: train.classes,
+                             widthMultiplier: options.widthMultiplier)
+        if let problem = spec.problem { throw RunError.invalid(problem) }
+        let model = Network(spec)
         model.initialize(seed: options.fp32.seed)
         let unknown = options.policy.unknownLayers(in: model)
         guard unknown.isEmpty else {
             throw RunError.invalid("the quantization policy names layers this model does not have: "
                 + unknown.joined(separator: ", ") + " (layers are named like conv1, layer2.0.downsample.0, fc)")
         }
-        log.say("efqat-train: ResNet-\(config.depth) on \(options.dataset.rawValue) (\(train.count) train, \(test.count) test), "
+        log.say("efqat-train: \(spec) on \(options.dataset.rawValue) (\(train.count) train, \(test.count) test), "
                 + "\(communicator.size) rank(s), global batch \(options.qat.globalBatch)")
 
-        let modelJSON = Self.json(config)
+        let modelJSON = Self.json(spec)
         let resumed = try loadResumeCheckpoint(modelJSON: modelJSON, trainSamples: train.count)
         var resumePhase = resumed?.metadata["efqat.phase"]
 
@@ -267,7 +270,7 @@ public final class Pipeline {
 
     /// Min-max calibration on a fixed, seeded subset of `images`, sharded
     /// over ranks; the ranges are reduced so all ranks agree.
-    private func calibrate(_ model: ResNet, on images: ImageSet) {
+    private func calibrate(_ model: Network, on images: ImageSet) {
         Quantization.calibrate(model, options: options.calibration, communicator: communicator) {
             forwardCalibrationSamples(model, images, training: false)
         }
@@ -277,7 +280,7 @@ public final class Pipeline {
     /// `images` (the training set's, or the zero-shot set), in batches of
     /// 128 (32 in training mode, so batch norm sees batches of the size it
     /// was trained with).
-    private func forwardCalibrationSamples(_ model: ResNet, _ images: ImageSet, training: Bool) {
+    private func forwardCalibrationSamples(_ model: Network, _ images: ImageSet, training: Bool) {
         var rng = SplitMix64(seed: options.qat.seed, stream: [0x4341_4C49])
         let chosen = Array(rng.permutation(images.count).prefix(options.calibrationSamples))
         let shard = contiguousShard(count: chosen.count, rank: communicator.rank, worldSize: communicator.size)
@@ -292,7 +295,7 @@ public final class Pipeline {
     }
 
     /// Genie-M / BRECQ block reconstruction on a seeded subset of `images`.
-    private func reconstruct(_ model: ResNet, on images: ImageSet, options reconstruction: ReconstructionOptions) {
+    private func reconstruct(_ model: Network, on images: ImageSet, options reconstruction: ReconstructionOptions) {
         let source = ReconstructionImages(count: images.count, channels: images.channels, height: images.height,
                                           width: images.width, gather: images.gatherBatch)
         let report = Quantization.reconstruct(model, options: reconstruction, communicator: communicator,
@@ -308,7 +311,7 @@ public final class Pipeline {
     /// before calibration while `model` still holds the FP32 weights, or
     /// after a QAT resume (`resumedQAT`) from fp32.safetensors; a resume must
     /// use the images its checkpoint was trained on.
-    private func prepareZeroShot(_ zeroShot: ZeroShotOptions, model: ResNet, train: Dataset,
+    private func prepareZeroShot(_ zeroShot: ZeroShotOptions, model: Network, train: Dataset,
                                  resumedQAT: SafeTensorsFile?) throws -> (data: ZeroShotData, teacher: Distillation) {
         let fp32 = try fp32Copy(of: model, fromFile: resumedQAT != nil)
         let data = try ZeroShotData(options: zeroShot, teacher: fp32, teacherPath: fp32Path, train: train,
@@ -330,15 +333,11 @@ public final class Pipeline {
     /// synthesiser, MixQuant's input): a copy of `model` while it holds the
     /// FP32 weights, or read from fp32.safetensors once a QAT resume has
     /// replaced them.
-    private func fp32Copy(of model: ResNet, fromFile: Bool) throws -> ResNet {
-        let copy = ResNet(model.config)
-        if fromFile {
-            try ModelCheckpoint.restore(try rootReads(fp32Path), path: fp32Path, into: copy,
-                                        requireQuantizers: false, optimizer: nil)
-        } else {
-            copy.store.parameters.copy(from: model.store.parameters)
-            copy.store.state.copy(from: model.store.state)
-        }
+    private func fp32Copy(of model: Network, fromFile: Bool) throws -> Network {
+        guard fromFile else { return model.clone() }
+        let copy = Network(model.spec)
+        try ModelCheckpoint.restore(try rootReads(fp32Path), path: fp32Path, into: copy,
+                                    requireQuantizers: false, optimizer: nil)
         return copy
     }
 
@@ -408,7 +407,7 @@ public final class Pipeline {
         try rootShares { (path, try SafeTensorsFile.readBytes(from: path)) }!.file
     }
 
-    private func restore(_ file: SafeTensorsFile, into model: ResNet, trainer: Trainer, quantized: Bool) throws {
+    private func restore(_ file: SafeTensorsFile, into model: Network, trainer: Trainer, quantized: Bool) throws {
         let path = resumedPath ?? ""
         if quantized, let bits = file.metadata["efqat.bits"], bits != Self.json(layerBits(model)) {
             throw RunError.invalid("\(path): checkpoint was quantized as \(bits), this run asks for \(Self.json(layerBits(model)))")
@@ -420,7 +419,7 @@ public final class Pipeline {
         trainer.resume(at: TrainingPosition(epoch: epoch, step: step))
     }
 
-    private func layerBits(_ model: ResNet) -> [String: String] {
+    private func layerBits(_ model: Network) -> [String: String] {
         Dictionary(uniqueKeysWithValues: model.layers.map { layer in
             (layer.name, "W\(layer.weightQuantizer.grid.bits)A" + (layer.inputQuantizer.enabled ? "\(layer.inputQuantizer.grid.bits)" : "-"))
         })
@@ -439,10 +438,10 @@ public final class Pipeline {
 
     /// A resumable checkpoint named after its position, keeping the newest
     /// `keepCheckpoints` (rank 0).
-    private func saveRunCheckpoint(model: ResNet, trainer: Trainer, phase: CheckpointPosition.Phase,
+    private func saveRunCheckpoint(model: Network, trainer: Trainer, phase: CheckpointPosition.Phase,
                                    extra: [String: String]) throws {
         try rootWrites {
-            var m = self.metadata(model: Self.json(model.config), phase: phase.rawValue, extra: extra)
+            var m = self.metadata(model: Self.json(model.spec), phase: phase.rawValue, extra: extra)
             m["efqat.epoch"] = String(trainer.position.epoch)
             m["efqat.step"] = String(trainer.position.step)
             m["efqat.micro_batches"] = String(trainer.microBatchesPerStep)
@@ -505,7 +504,7 @@ public final class Pipeline {
 
     /// EfQAT against full QAT on this run: trained weights, backward time
     /// (probed side by side on one micro-batch) and all-reduce size.
-    private func efqatComparison(model: ResNet, report: PhaseReport, backward: BackwardProbe?) -> String? {
+    private func efqatComparison(model: Network, report: PhaseReport, backward: BackwardProbe?) -> String? {
         guard let backward else { return nil }
         let fullFloats = GradientReducer(spans: model.store.allTrainedSpans, norms: model.batchNorms, extras: 2).packedCount
         let weights = model.layers.reduce(0) { $0 + $1.weight.count }
@@ -556,7 +555,7 @@ public final class Pipeline {
 
 /// A 64-bit FNV-1a hash of a model's parameters and state, and of `also`:
 /// equal on every rank exactly when the ranks hold bit-identical models.
-public func weightChecksum(_ model: ResNet, also extra: [UInt8] = []) -> UInt64 {
+public func weightChecksum(_ model: Network, also extra: [UInt8] = []) -> UInt64 {
     var hash: UInt64 = 0xCBF2_9CE4_8422_2325
     func mix(_ byte: UInt8) { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
     for arena in [model.store.parameters, model.store.state] {

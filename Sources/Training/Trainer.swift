@@ -97,11 +97,11 @@ public struct PhaseReport: Sendable {
 public struct Distillation {
     /// The FP32 model, run in evaluation mode (running statistics); it is
     /// never changed.
-    public let teacher: ResNet
+    public let teacher: Network
     /// T of softmax(logits / T); 1 compares the plain output distributions.
     public let temperature: Float
 
-    public init(teacher: ResNet, temperature: Float = 1) {
+    public init(teacher: Network, temperature: Float = 1) {
         precondition(temperature > 0 && temperature.isFinite, "distillation temperature must be positive")
         self.teacher = teacher
         self.temperature = temperature
@@ -136,7 +136,7 @@ enum TrainingSamples {
 /// applies the same update, so all ranks hold
 /// identical weights after every step.
 public final class Trainer {
-    public let model: ResNet
+    public let model: Network
     public let options: PhaseOptions
     public let optimizer: SGD
     public private(set) var position = TrainingPosition()
@@ -157,14 +157,14 @@ public final class Trainer {
     private let logitGradient = FloatBuffer()
 
     /// Trains on labelled samples with cross-entropy.
-    public convenience init(model: ResNet, data: Dataset, options: PhaseOptions, communicator: Communicator,
+    public convenience init(model: Network, data: Dataset, options: PhaseOptions, communicator: Communicator,
                             log: RunLog, channels: CriticalChannels? = nil) throws {
         try self.init(model: model, samples: .labeled(data), options: options, communicator: communicator, log: log,
                       channels: channels)
     }
 
     /// Trains on images without labels by distillation from `distillation.teacher`.
-    public convenience init(model: ResNet, images: ImageSet, distillation: Distillation, options: PhaseOptions,
+    public convenience init(model: Network, images: ImageSet, distillation: Distillation, options: PhaseOptions,
                             communicator: Communicator, log: RunLog, channels: CriticalChannels? = nil) throws {
         guard options.augmentShift == 0 else {
             throw RunError.invalid("distillation trains on the images as given: augmentation (shift \(options.augmentShift)) must be off")
@@ -173,7 +173,7 @@ public final class Trainer {
                       communicator: communicator, log: log, channels: channels)
     }
 
-    init(model: ResNet, samples: TrainingSamples, options: PhaseOptions, communicator: Communicator,
+    init(model: Network, samples: TrainingSamples, options: PhaseOptions, communicator: Communicator,
          log: RunLog, channels: CriticalChannels?) throws {
         self.model = model
         self.samples = samples
@@ -288,7 +288,7 @@ public final class Trainer {
             let overlapped = overlapsReduction && part == parts.last
             if overlapped { reducer.begin(gradients: store.gradients, scalars: scalars, communicator: communicator) }
             let t2 = monotonicSeconds()
-            model.backward(FeatureMap(data: logitGradient.pointer, channels: model.config.classes, batch: micro,
+            model.backward(FeatureMap(data: logitGradient.pointer, channels: model.spec.classes, batch: micro,
                                       height: 1, width: 1),
                            finished: overlapped ? reducer.finished : nil)
             let t3 = monotonicSeconds()

@@ -46,7 +46,7 @@ struct ZeroShotData {
     /// `teacherPath`); it is not changed. Genie images are synthesised into `outputDirectory` unless
     /// `options.syntheticData` names a file; an existing file made with the
     /// same settings and teacher is reused (and completed if interrupted).
-    init(options: ZeroShotOptions, teacher: ResNet, teacherPath: String, train: Dataset, dataset: DatasetFormat,
+    init(options: ZeroShotOptions, teacher: Network, teacherPath: String, train: Dataset, dataset: DatasetFormat,
          seed: UInt64, outputDirectory: String, communicator: Communicator, log: RunLog, logEvery: Int) throws {
         let (channels, height, width) = (train.channels, train.height, train.width)
         switch options.source {
@@ -77,7 +77,7 @@ struct ZeroShotData {
                         + "batches of \(synthesis.batchSize), \(synthesis.iterations) iterations each, \(communicator.size) rank(s))")
                 let report = try synthesizeDataset(
                     teacher: teacher, height: height, width: width, options: synthesis, communicator: communicator,
-                    path: path, metadata: ["efqat.model": Pipeline.json(teacher.config), "efqat.dataset": dataset.rawValue,
+                    path: path, metadata: ["efqat.model": Pipeline.json(teacher.spec), "efqat.dataset": dataset.rawValue,
                                            "genie.teacher": teacherPath]) { event in
                     reportSynthesis(event, log: log, path: path, batches: synthesis.batches, logEvery: logEvery)
                 }

@@ -11,8 +11,8 @@ func fillUniform(_ buffer: UnsafeMutableBufferPointer<Float>, _ rng: inout Split
 /// A small teacher with one block per stage, so one strided 3x3 conv and
 /// one strided 1x1 downsample get swing crops, with random weights, batch
 /// norm affine parameters and running statistics (targets far from 0 and 1).
-func smallTeacher(seed: UInt64, widths: [Int] = [3, 6]) -> ResNet {
-    let model = ResNet(ResNetConfig(inputChannels: 1, classes: 3, widths: widths, blocksPerStage: 1))
+func smallTeacher(seed: UInt64) -> Network {
+    let model = Network(ModelSpec(architecture: .resnet8, inputChannels: 1, classes: 3, widthMultiplier: 0.1875))
     model.initialize(seed: seed)
     var rng = SplitMix64(seed: seed, stream: [7])
     for norm in model.batchNorms {
@@ -87,4 +87,13 @@ func checkCoordinates(_ what: String, values: UnsafeMutablePointer<Float>, gradi
         }
     }
     if failures >= 5 { XCTFail("\(what): \(failures) of \(indices.count) coordinates differ", file: file, line: line) }
+}
+
+extension Network {
+    /// The conv or linear layer called `name` (tests reach layers by name).
+    func layer(_ name: String) -> Conv2d { layers.first { $0.name == name }! }
+    /// The batch-norm layer called `name`.
+    func norm(_ name: String) -> BatchNorm2d { batchNorms.first { $0.name == name }! }
+    /// The residual blocks, in order.
+    var blocks: [BasicBlock] { units.compactMap { $0 as? BasicBlock } }
 }

@@ -373,7 +373,7 @@ final class GradientCheckTests: XCTestCase {
 
     func testBasicBlockWithDownsample() {
         let model = tinyResNet(seed: 12)
-        let block = model.stages[1][0]
+        let block = model.blocks[1]
         XCTAssertNotNil(block.downsample, "the first block of stage 2 changes shape")
         let store = model.store
         var rng = SplitMix64(seed: 12)
@@ -412,8 +412,8 @@ final class GradientCheckTests: XCTestCase {
         let loss = { weightedSum(model.forward(images.map, training: true), r.map) }
 
         let trained = store.parameterLayout.slots.filter { [.weight, .bias, .normScale, .normShift].contains($0.role) }
-        // conv1, bn1, two blocks (one with a downsample), fc.
-        XCTAssertEqual(trained.count, 1 + 2 + (2 + 4) + (3 + 6) + 2)
+        // conv1, bn1, three blocks (two with a downsample), fc.
+        XCTAssertEqual(trained.count, 1 + 2 + (2 + 4) + 2 * (3 + 6) + 2)
         var checked = 0
         for s in trained {
             checked += checkGradient(s.name, values: store.parameters.pointer(s),

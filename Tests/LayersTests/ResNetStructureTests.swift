@@ -2,10 +2,10 @@ import Kernels
 import Layers
 import XCTest
 
-/// ResNet's tensors follow torchvision's names, shapes and order, so
+/// Network's tensors follow torchvision's names, shapes and order, so
 /// checkpoints load in PyTorch.
 final class ResNetStructureTests: XCTestCase {
-    let model = ResNet(.resnet20())
+    let model = Network(ModelSpec(architecture: .resnet20, inputChannels: 1, classes: 10))
 
     func testTorchvisionNamesAndShapes() {
         let expected: [(String, [Int], TensorRole)] = [
@@ -73,12 +73,13 @@ final class ResNetStructureTests: XCTestCase {
     }
 
     func testLayerInventory() {
-        XCTAssertEqual(model.config.depth, 20)
+        XCTAssertEqual(model.units.map(\.name).first, "stem")
+        XCTAssertEqual(model.units.count, 1 + 9 + 1, "stem, nine blocks, head")
         XCTAssertEqual(model.layers.count, 1 + 9 * 2 + 2 + 1, "stem, two convs per block, two downsamples, fc")
         XCTAssertEqual(model.batchNorms.count, 1 + 9 * 2 + 2)
         XCTAssertEqual(model.layers.first?.name, "conv1")
         XCTAssertEqual(model.layers.last?.name, "fc")
-        XCTAssertFalse(model.conv1.needsInputGradient, "nothing upstream of the first layer needs dL/dx")
+        XCTAssertFalse(model.layer("conv1").needsInputGradient, "nothing upstream of the first layer needs dL/dx")
         XCTAssert(model.layers.dropFirst().allSatisfy(\.needsInputGradient))
         XCTAssertEqual(model.blocks.map { $0.downsample != nil }, [false, false, false, true, false, false, true, false, false])
     }
@@ -91,7 +92,7 @@ final class ResNetStructureTests: XCTestCase {
     ///   fc        64*10 + 10
     /// = 272,186 for one input channel; 272,474 (the paper's 0.27M) for RGB.
     func testResNet20ParameterCount() {
-        func trainedCount(_ m: ResNet) -> (weights: Int, all: Int) {
+        func trainedCount(_ m: Network) -> (weights: Int, all: Int) {
             let slots = m.store.parameterLayout.slots
             let weights = slots.filter { $0.role == .weight }.map(\.count).reduce(0, +)
             let all = slots.filter { [.weight, .bias, .normScale, .normShift].contains($0.role) }.map(\.count).reduce(0, +)
@@ -104,14 +105,15 @@ final class ResNetStructureTests: XCTestCase {
         XCTAssertEqual(gray.weights, expectedWeights)
         XCTAssertEqual(gray.all, expectedWeights + expectedNorm + 10)
         XCTAssertEqual(gray.all, 272_186)
-        XCTAssertEqual(trainedCount(ResNet(.resnet20(inputChannels: 3))).all, 272_474)
+        XCTAssertEqual(trainedCount(Network(ModelSpec(architecture: .resnet20, inputChannels: 3, classes: 10))).all, 272_474)
         // Running mean and variance: as many values as gamma and beta.
         let state = model.store.stateLayout.slots.filter { $0.role == .runningMean || $0.role == .runningVar }
         XCTAssertEqual(state.map(\.count).reduce(0, +), expectedNorm)
     }
 
     func testInitializationIsDeterministicAndTorchvisionLike() {
-        let a = ResNet(.resnet20()), b = ResNet(.resnet20()), c = ResNet(.resnet20())
+        let spec = ModelSpec(architecture: .resnet20, inputChannels: 1, classes: 10)
+        let a = Network(spec), b = Network(spec), c = Network(spec)
         a.initialize(seed: 5)
         b.initialize(seed: 5)
         c.initialize(seed: 6)
@@ -126,6 +128,6 @@ final class ResNetStructureTests: XCTestCase {
         let std = (w.map { Double($0) * Double($0) }.reduce(0, +) / Double(w.count)).squareRoot()
         XCTAssertEqual(std, (2.0 / (64 * 9)).squareRoot(), accuracy: 0.005)
         // The classifier: uniform within +-1/sqrt(64).
-        XCTAssert(store.parameters[a.fc.weight].allSatisfy { abs($0) <= 0.125 })
+        XCTAssert(store.parameters[a.layer("fc").weight].allSatisfy { abs($0) <= 0.125 })
     }
 }

@@ -175,11 +175,11 @@ func naiveConvolution(_ x: FeatureMap, weight w: UnsafeBufferPointer<Float>, bia
     return y
 }
 
-/// A tiny ResNet (two stages of one block, widths 2 and 4, three classes,
+/// A tiny ResNet-8 (three stages of one block, widths 2, 4 and 8, three classes,
 /// one input channel) with random weights and non-trivial BN affine
 /// parameters.
-func tinyResNet(seed: UInt64 = 1) -> ResNet {
-    let model = ResNet(ResNetConfig(inputChannels: 1, classes: 3, widths: [2, 4], blocksPerStage: 1))
+func tinyResNet(seed: UInt64 = 1) -> Network {
+    let model = Network(ModelSpec(architecture: .resnet8, inputChannels: 1, classes: 3, widthMultiplier: 0.125))
     model.initialize(seed: seed)
     var rng = SplitMix64(seed: seed, stream: [99])
     for norm in model.batchNorms {
@@ -187,4 +187,13 @@ func tinyResNet(seed: UInt64 = 1) -> ResNet {
         fillUniform(model.store.parameters[norm.bias], &rng, range: -0.5...0.5)
     }
     return model
+}
+
+extension Network {
+    /// The conv or linear layer called `name` (tests reach layers by name).
+    func layer(_ name: String) -> Conv2d { layers.first { $0.name == name }! }
+    /// The batch-norm layer called `name`.
+    func norm(_ name: String) -> BatchNorm2d { batchNorms.first { $0.name == name }! }
+    /// The residual blocks, in order.
+    var blocks: [BasicBlock] { units.compactMap { $0 as? BasicBlock } }
 }

@@ -17,7 +17,7 @@ final class BatchNormReestimationTests: XCTestCase {
         // Expected: the per-channel means of each batch's BN inputs, averaged.
         let reference = tinyResNet(seed: 4)
         for images in batches { _ = reference.forward(images.map, training: true) }
-        let norm = reference.bn1
+        let norm = reference.norm("bn1")
         var sums = [Float](repeating: 0, count: norm.pendingStatisticsCount)
         norm.exportPendingStatistics(into: &sums)
 
@@ -25,7 +25,7 @@ final class BatchNormReestimationTests: XCTestCase {
         reestimateBatchNormStatistics(model, communicator: SingleProcessCommunicator()) {
             for images in batches { _ = model.forward(images.map, training: true) }
         }
-        let mean = model.store.state[model.bn1.runningMean], variance = model.store.state[model.bn1.runningVar]
+        let mean = model.store.state[model.norm("bn1").runningMean], variance = model.store.state[model.norm("bn1").runningVar]
         for c in 0..<norm.channels {
             XCTAssertEqual(mean[c], sums[c] / 2, accuracy: 1e-6)
             XCTAssertEqual(variance[c], sums[norm.channels + c] / 2, accuracy: 1e-6)

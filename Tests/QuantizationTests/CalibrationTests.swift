@@ -4,11 +4,11 @@ import Layers
 import Quantization
 import XCTest
 
-/// QuantizationPolicy and min-max calibration on a tiny ResNet.
+/// QuantizationPolicy and min-max calibration on a tiny Network.
 final class CalibrationTests: XCTestCase {
     /// Observed input range of every layer, recorded next to the calibrator.
     struct Calibrated {
-        let model: ResNet
+        let model: Network
         let low: [Float]
         let high: [Float]
     }
@@ -50,7 +50,7 @@ final class CalibrationTests: XCTestCase {
         let model = tinyResNet(seed: 1)
         QuantizationPolicy(weightBits: 4, activationBits: 4).apply(to: model)
         let layers = model.layers
-        XCTAssertEqual(layers.count, 1 + 2 + 3 + 1)
+        XCTAssertEqual(layers.count, 1 + 2 + 3 + 3 + 1)
         for (i, layer) in layers.enumerated() {
             let (w, a): (Int, Int?) = i == 0 ? (8, nil) : (i == layers.count - 1 ? (8, 8) : (4, 4))
             XCTAssert(layer.weightQuantizer.enabled, layer.name)
@@ -58,8 +58,12 @@ final class CalibrationTests: XCTestCase {
             XCTAssertEqual(layer.inputQuantizer.enabled, a != nil, layer.name)
             if let a { XCTAssertEqual(layer.inputQuantizer.grid, QuantGrid(bits: a, signed: false), layer.name) }
         }
-        model.disableQuantization()
-        XCTAssert(layers.allSatisfy { !$0.weightQuantizer.enabled && !$0.inputQuantizer.enabled })
+        let inputOn = layers.map(\.inputQuantizer.enabled)
+        model.withQuantizationDisabled {
+            XCTAssert(layers.allSatisfy { !$0.weightQuantizer.enabled && !$0.inputQuantizer.enabled })
+        }
+        XCTAssert(layers.allSatisfy(\.weightQuantizer.enabled), "the scope restores the quantizers")
+        XCTAssertEqual(layers.map(\.inputQuantizer.enabled), inputOn)
     }
 
     func testOverridesReplaceTheBitsOfNamedLayers() {
@@ -71,11 +75,11 @@ final class CalibrationTests: XCTestCase {
         XCTAssertEqual(policy.bits(layer: "layer1.0.conv1", index: 1, count: 7), LayerBits(weight: 4, activation: 4))
         let model = tinyResNet(seed: 1)
         policy.apply(to: model)
-        let conv2 = model.stages[0][0].conv2
+        let conv2 = model.blocks[0].conv2
         XCTAssertEqual(conv2.weightQuantizer.grid.bits, 2)
         XCTAssertFalse(conv2.inputQuantizer.enabled)
-        XCTAssertEqual(model.fc.weightQuantizer.grid.bits, 6)
-        XCTAssertEqual(model.fc.inputQuantizer.grid, QuantGrid(bits: 5, signed: false))
+        XCTAssertEqual(model.layer("fc").weightQuantizer.grid.bits, 6)
+        XCTAssertEqual(model.layer("fc").inputQuantizer.grid, QuantGrid(bits: 5, signed: false))
     }
 
     func testParseBits() {

@@ -6,16 +6,17 @@ import XCTest
 
 /// MixQuant: roundoff errors, the threshold and budget rules, parsing and the table.
 final class MixQuantTests: XCTestCase {
-    /// ResNet with widths [4, 8], one block per stage: conv1 (36 weights),
-    /// layer1.0.conv1/conv2 (144 each), layer2.0.conv1 (288), layer2.0.conv2
-    /// (576), layer2.0.downsample.0 (32), fc (24).
-    func smallModel(seed: UInt64 = 3) -> ResNet {
-        let model = ResNet(ResNetConfig(inputChannels: 1, classes: 3, widths: [4, 8], blocksPerStage: 1))
+    /// ResNet-8 with widths 4, 8 and 16: conv1 (36 weights), layer1.0.conv1
+    /// and conv2 (144 each), layer2.0.conv1 (288), layer2.0.conv2 (576),
+    /// layer2.0.downsample.0 (32), layer3.0.conv1 (1152), layer3.0.conv2
+    /// (2304), layer3.0.downsample.0 (128), fc (48).
+    func smallModel(seed: UInt64 = 3) -> Network {
+        let model = Network(ModelSpec(architecture: .resnet8, inputChannels: 1, classes: 3, widthMultiplier: 0.25))
         model.initialize(seed: seed)
         return model
     }
 
-    func layer(_ model: ResNet, _ name: String) -> Conv2d {
+    func layer(_ model: Network, _ name: String) -> Conv2d {
         model.layers.first { $0.name == name }!
     }
 
@@ -24,7 +25,7 @@ final class MixQuantTests: XCTestCase {
 
     /// One layer uniform on [-1, 1], another standard normal with one large
     /// outlier (+-25) in every output channel.
-    func modelWithHeavyTail(seed: UInt64 = 3) -> ResNet {
+    func modelWithHeavyTail(seed: UInt64 = 3) -> Network {
         let model = smallModel(seed: seed)
         var rng = SplitMix64(seed: seed, stream: [77])
         fillUniform(model.store.parameters[layer(model, uniformLayer).weight], &rng)
@@ -82,8 +83,12 @@ final class MixQuantTests: XCTestCase {
             for layer in model.layers {
                 let errors = MixQuant.relativeErrors(of: layer, store: model.store, calibration: calibration)
                 XCTAssert(errors.allSatisfy { $0.isFinite && $0 >= 0 && $0 < 1.5 }, "\(estimator) \(layer.name): \(errors)")
+                // A 99th-percentile clip leaves an error that more bits do not
+                // remove; once it dominates (6 bits and up), rounding noise
+                // moves the total by a few percent either way.
                 for b in 1..<errors.count {
-                    XCTAssertLessThanOrEqual(errors[b], errors[b - 1] * 1.0001, "\(estimator) \(layer.name): \(errors)")
+                    let slack: Float = estimator == .percentile && b + 2 >= 6 ? 1.05 : 1.0001
+                    XCTAssertLessThanOrEqual(errors[b], errors[b - 1] * slack, "\(estimator) \(layer.name): \(errors)")
                 }
                 XCTAssertLessThan(errors.last!, errors.first!, "\(estimator) \(layer.name)")
             }
@@ -94,7 +99,7 @@ final class MixQuantTests: XCTestCase {
         let model = modelWithHeavyTail()
         QuantizationPolicy(weightBits: 3, activationBits: 5).apply(to: model)
         for layer in model.layers { calibrateWeights(of: layer, store: model.store) }
-        model.stages[0][0].conv2.weightQuantizer.enabled = false
+        model.blocks[0].conv2.weightQuantizer.enabled = false
         let parameters = Array(model.store.parameters.all), state = Array(model.store.state.all)
         let quantizers = model.layers.map { ($0.weightQuantizer.grid, $0.weightQuantizer.enabled) }
 
@@ -271,12 +276,12 @@ final class MixQuantTests: XCTestCase {
         let layers = model.layers
         XCTAssertEqual(result.rows.map(\.name), layers.map(\.name))
         XCTAssertEqual(result.rows.map(\.weights), layers.map(\.weight.count))
-        XCTAssertEqual(result.rows.map(\.weights), [36, 144, 144, 288, 576, 32, 24])
+        XCTAssertEqual(result.rows.map(\.weights), [36, 144, 144, 288, 576, 32, 1152, 2304, 128, 48])
         let size = zip(layers, result.rows).reduce(0) { $0 + $1.0.weight.count * $1.1.bits }
         XCTAssertEqual(result.sizeBits, size)
-        XCTAssertEqual(result.weightCount, 36 + 144 + 144 + 288 + 576 + 32 + 24)
+        XCTAssertEqual(result.weightCount, 36 + 144 + 144 + 288 + 576 + 32 + 1152 + 2304 + 128 + 48)
         XCTAssertEqual(result.meanBits, Double(size) / Double(result.weightCount), accuracy: 1e-12)
-        XCTAssertEqual(result.uniformSizeBits, 8 * (36 + 24) + 4 * (144 + 144 + 288 + 576 + 32))
+        XCTAssertEqual(result.uniformSizeBits, 8 * (36 + 48) + 4 * (144 + 144 + 288 + 576 + 32 + 1152 + 2304 + 128))
 
         let table = result.render()
         let lines = table.split(separator: "\n").map(String.init)
@@ -299,8 +304,8 @@ final class MixQuantTests: XCTestCase {
         mixed.overrides = overrides
         mixed.apply(to: model)
         for (layer, r) in zip(layers, result.rows) { XCTAssertEqual(layer.weightQuantizer.grid.bits, r.bits, r.name) }
-        XCTAssertFalse(model.conv1.inputQuantizer.enabled)
-        XCTAssertEqual(model.fc.inputQuantizer.grid.bits, 8)
+        XCTAssertFalse(model.layer("conv1").inputQuantizer.enabled)
+        XCTAssertEqual(model.layer("fc").inputQuantizer.grid.bits, 8)
 
         // JSON carries the same numbers.
         let json = try JSONSerialization.jsonObject(with: Data(try result.json().utf8)) as! [String: Any]
@@ -311,7 +316,7 @@ final class MixQuantTests: XCTestCase {
         XCTAssertEqual(rows.map { $0["bits"] as! Int }, result.rows.map(\.bits))
         XCTAssert(rows.first!["activation_bits"] is NSNull)
         XCTAssertEqual(json["layer_bits"] as? String, result.layerBitsArgument)
-        XCTAssertEqual(result.layerBitsArgument.split(separator: ",").count, 5)
+        XCTAssertEqual(result.layerBitsArgument.split(separator: ",").count, 8)
     }
 
     func testFirstLastAndExplicitOverrides() throws {

@@ -6,7 +6,7 @@ import Quantization
 import XCTest
 
 /// AdaRound soft rounding in the weight quantizer, and block reconstruction
-/// (Genie-M / BRECQ with QDrop) on a tiny ResNet.
+/// (Genie-M / BRECQ with QDrop) on a tiny Network.
 final class ReconstructionTests: XCTestCase {
     // MARK: h(V)
 
@@ -227,19 +227,19 @@ final class ReconstructionTests: XCTestCase {
         }
     }
 
-    // MARK: Reconstruction of a tiny ResNet
+    // MARK: Reconstruction of a tiny Network
 
-    /// A tiny ResNet (widths 4 and 8, one block per stage, 8x8 images, 3
+    /// A tiny Network (widths 4 and 8, one block per stage, 8x8 images, 3
     /// classes) with batch-norm running statistics of its data, and its
     /// calibration images.
     struct Fixture {
-        let model: ResNet
+        let model: Network
         let images: [Float]  // sample-major, 1 x 8 x 8 per sample
         let count: Int
 
         init(seed: UInt64 = 1, count: Int = 64) {
             self.count = count
-            model = ResNet(ResNetConfig(inputChannels: 1, classes: 3, widths: [4, 8], blocksPerStage: 1))
+            model = Network(ModelSpec(architecture: .resnet8, inputChannels: 1, classes: 3, widthMultiplier: 0.25))
             model.initialize(seed: seed)
             var rng = SplitMix64(seed: seed, stream: [42])
             for norm in model.batchNorms {
@@ -328,7 +328,7 @@ final class ReconstructionTests: XCTestCase {
                                  images: fixture.source) { messages.append($0) }
         let reconstructed = fixture.logits()
 
-        XCTAssertEqual(report.units.map(\.name), ["stem", "layer1.0", "layer2.0", "fc"])
+        XCTAssertEqual(report.units.map(\.name), ["stem", "layer1.0", "layer2.0", "layer3.0", "fc"])
         XCTAssertEqual(report.samples, 48)
         XCTAssertEqual(messages.count, report.units.count, "one progress line per unit")
         for unit in report.units {
@@ -420,7 +420,7 @@ final class ReconstructionTests: XCTestCase {
         XCTAssertEqual(Self.run(policy, never, SingleProcessCommunicator()).parameters, withoutQDrop.parameters,
                        "probability 0 is no QDrop")
 
-        let stem = Fixture().model.conv1
+        let stem = Fixture().model.layer("conv1")
         func stemParameters(_ all: [Float]) -> [[Float]] {
             [stem.weight, stem.weightQuantizer.step, stem.inputQuantizer.step].map { Array(all[$0.range]) }
         }

@@ -112,9 +112,18 @@ func referenceBackward(_ x: [Float], _ dy: [Float], step: Float, zeroPoint z: Fl
     return (total, dx)
 }
 
-/// A tiny ResNet: two stages of one block (2 and 4 channels), 3 classes.
-func tinyResNet(seed: UInt64) -> ResNet {
-    let model = ResNet(ResNetConfig(inputChannels: 1, classes: 3, widths: [2, 4], blocksPerStage: 1))
+/// A tiny ResNet-8: three stages of one block (2, 4 and 8 channels), 3 classes.
+func tinyResNet(seed: UInt64) -> Network {
+    let model = Network(ModelSpec(architecture: .resnet8, inputChannels: 1, classes: 3, widthMultiplier: 0.125))
     model.initialize(seed: seed)
     return model
+}
+
+extension Network {
+    /// The conv or linear layer called `name` (tests reach layers by name).
+    func layer(_ name: String) -> Conv2d { layers.first { $0.name == name }! }
+    /// The batch-norm layer called `name`.
+    func norm(_ name: String) -> BatchNorm2d { batchNorms.first { $0.name == name }! }
+    /// The residual blocks, in order.
+    var blocks: [BasicBlock] { units.compactMap { $0 as? BasicBlock } }
 }

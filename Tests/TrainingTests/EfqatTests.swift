@@ -18,13 +18,13 @@ final class EfqatTests: XCTestCase {
 
     /// ResNet-20 at its initialisation: 22 layers with rows of 9 to 576
     /// weights, so budgets in weights and in channels differ.
-    func resnet20() -> ResNet {
-        let model = ResNet(.resnet20())
+    func resnet20() -> Network {
+        let model = Network(ModelSpec(architecture: .resnet20, inputChannels: 1, classes: 10))
         model.initialize(seed: 9)
         return model
     }
 
-    func scores(_ model: ResNet) -> [[Double]] {
+    func scores(_ model: Network) -> [[Double]] {
         model.layers.map { layer in
             let w = model.store.parameters[layer.weight], n = layer.weight.rowLength
             return (0..<layer.outChannels).map { r in w[(r * n)..<((r + 1) * n)].reduce(0) { $0 + Double(abs($1)) } / Double(n) }
@@ -142,7 +142,7 @@ final class EfqatTests: XCTestCase {
     /// biases, batch norm and activation steps) is unchanged.
     func testSelectedRowsGetTheFullBackwardsGradient() {
         let data = syntheticDataset()
-        let model = ResNet(ResNetConfig(inputChannels: 1, classes: 3, widths: [8, 16], blocksPerStage: 1))
+        let model = Network(ModelSpec(architecture: .resnet8, inputChannels: 1, classes: 3, widthMultiplier: 0.5))
         model.initialize(seed: 2)
         quantize(model, data: data)
         func gradients() -> [Float] {
@@ -233,7 +233,7 @@ final class EfqatTests: XCTestCase {
         let data = syntheticDataset()
         let efqat = EfqatOptions(mode: .cwpn, fraction: 0.3, refresh: .steps(4))
         let log = RunLog(active: false, metricsPath: nil)
-        func run(_ model: ResNet, stopAt stop: Int?, from checkpoint: String?) throws -> (Trainer, CriticalChannels) {
+        func run(_ model: Network, stopAt stop: Int?, from checkpoint: String?) throws -> (Trainer, CriticalChannels) {
             let channels = CriticalChannels(layers: model.layers, store: model.store, options: efqat)
             let trainer = try Trainer(model: model, data: data, options: phase(epochs: 2), communicator: communicator,
                                       log: log, channels: channels)

@@ -14,8 +14,8 @@ import XCTest
 final class OverlappedReductionTests: XCTestCase {
     /// ResNet-20 at width 1/4 on 8x8 images: 21 parts for the backward
     /// pass to report, small enough to run in milliseconds.
-    func model() -> ResNet {
-        let model = ResNet(ResNetConfig(inputChannels: 1, classes: 3, widths: [4, 8, 16], blocksPerStage: 3))
+    func model() -> Network {
+        let model = Network(ModelSpec(architecture: .resnet20, inputChannels: 1, classes: 3, widthMultiplier: 0.25))
         model.initialize(seed: 6)
         quantize(model, data: syntheticDataset())
         return model
@@ -24,7 +24,7 @@ final class OverlappedReductionTests: XCTestCase {
     /// One training forward pass on 8 samples; leaves dL/dlogits in
     /// `dLogits`. `images` must live until the backward pass (layers keep
     /// their input).
-    func forward(_ model: ResNet, offset: Int, images: FloatBuffer, dLogits: FloatBuffer) -> Float {
+    func forward(_ model: Network, offset: Int, images: FloatBuffer, dLogits: FloatBuffer) -> Float {
         let data = syntheticDataset()
         var labels = [Int32](repeating: 0, count: 8)
         labels.withUnsafeMutableBufferPointer { data.gatherBatch(offset..<(offset + 8), pixels: images.pointer, labels: $0.baseAddress!) }

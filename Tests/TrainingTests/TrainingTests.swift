@@ -9,7 +9,7 @@ import Training
 import XCTest
 
 /// A small, learnable problem: 3 classes of 8x8 images whose class shifts
-/// the mean brightness, so a tiny ResNet trains in milliseconds.
+/// the mean brightness, so a tiny Network trains in milliseconds.
 func syntheticDataset(count: Int = 96, seed: UInt64 = 5) -> Dataset {
     var rng = SplitMix64(seed: seed)
     var pixels = [Float](repeating: 0, count: count * 64)
@@ -21,8 +21,8 @@ func syntheticDataset(count: Int = 96, seed: UInt64 = 5) -> Dataset {
     return Dataset(channels: 1, height: 8, width: 8, classes: 3, pixels: pixels, labels: labels, mean: [0.5], std: [0.3])
 }
 
-func tinyModel(seed: UInt64 = 1) -> ResNet {
-    let model = ResNet(ResNetConfig(inputChannels: 1, classes: 3, widths: [4, 8], blocksPerStage: 1))
+func tinyModel(seed: UInt64 = 1) -> Network {
+    let model = Network(ModelSpec(architecture: .resnet8, inputChannels: 1, classes: 3, widthMultiplier: 0.25))
     model.initialize(seed: seed)
     return model
 }
@@ -35,12 +35,12 @@ func phase(epochs: Int) -> PhaseOptions {
 
 /// Every parameter and state value as bits, so equality is bitwise and a
 /// failure message stays short.
-func snapshot(_ model: ResNet) -> [UInt32] {
+func snapshot(_ model: Network) -> [UInt32] {
     (Array(model.store.parameters.all) + Array(model.store.state.all)).map(\.bitPattern)
 }
 
 /// W4A4 with min-max ranges from one pass over `data`.
-func quantize(_ model: ResNet, data: Dataset) {
+func quantize(_ model: Network, data: Dataset) {
     QuantizationPolicy(weightBits: 4, activationBits: 4).apply(to: model)
     let images = FloatBuffer(capacity: data.count * data.sampleSize)
     var labels = [Int32](repeating: 0, count: data.count)
@@ -90,7 +90,7 @@ final class TrainingTests: XCTestCase {
         XCTAssertTrue(snapshot(restored) == snapshot(model), "restored values differ")
         XCTAssertTrue(Array(optimizer.velocity.all) == Array(trainer.optimizer.velocity.all), "momentum differs")
         XCTAssertEqual(restored.batchNorms.map(\.batchesTracked), model.batchNorms.map(\.batchesTracked))
-        XCTAssertEqual(model.bn1.batchesTracked, 6)
+        XCTAssertEqual(model.norm("bn1").batchesTracked, 6)
     }
 
     /// The FP32 model file has exactly torchvision's state_dict keys.
@@ -105,7 +105,7 @@ final class TrainingTests: XCTestCase {
         let path = temporaryPath("other.safetensors")
         try SafeTensorsFile(tensors: ModelCheckpoint.tensors(of: tinyModel(), includeQuantizers: true, optimizer: nil))
             .write(to: path)
-        let wider = ResNet(ResNetConfig(inputChannels: 1, classes: 3, widths: [8, 8], blocksPerStage: 1))
+        let wider = Network(ModelSpec(architecture: .resnet8, inputChannels: 1, classes: 3, widthMultiplier: 0.5))
         XCTAssertThrowsError(try ModelCheckpoint.restore(SafeTensorsFile.read(from: path), path: path, into: wider,
                                                          requireQuantizers: true, optimizer: nil)) { error in
             XCTAssertTrue("\(error)".contains("conv1.weight has shape [4, 1, 3, 3], this model needs [8, 1, 3, 3]"), "\(error)")
@@ -149,7 +149,7 @@ final class TrainingTests: XCTestCase {
         let store = model.store
         for i in store.gradients.all.indices { store.gradients.all[i] = 1 }
         let before = Array(store.parameters.all)
-        let slot = model.conv1.weight
+        let slot = model.layer("conv1").weight
         let sgd = SGD(layout: store.parameterLayout, momentum: 0.9, weightDecay: 0)
         sgd.step(parameters: store.parameters, gradients: store.gradients,
                  spans: [TrainedSpan(range: slot.offset..<(slot.offset + 9), role: .weight)], learningRate: 0.1)
@@ -172,4 +172,13 @@ final class TrainingTests: XCTestCase {
         XCTAssertEqual(onecycle[30], 1, accuracy: 1e-6)
         XCTAssertLessThan(onecycle[100], 1e-4)
     }
+}
+
+extension Network {
+    /// The conv or linear layer called `name` (tests reach layers by name).
+    func layer(_ name: String) -> Conv2d { layers.first { $0.name == name }! }
+    /// The batch-norm layer called `name`.
+    func norm(_ name: String) -> BatchNorm2d { batchNorms.first { $0.name == name }! }
+    /// The residual blocks, in order.
+    var blocks: [BasicBlock] { units.compactMap { $0 as? BasicBlock } }
 }

@@ -1,0 +1,145 @@
+import Kernels
+
+// The units networks are made of. Each runs its layers in an explicit
+// forward and backward; names follow the PyTorch modules they mirror.
+
+/// The nonlinearity after a convolution and its batch norm.
+public enum Activation: Sendable {
+    case relu
+
+    func make() -> ReLU {
+        switch self {
+        case .relu: ReLU()
+        }
+    }
+}
+
+/// conv -> batch norm -> optional activation, the building brick of every
+/// CNN here (torchvision's Conv2dNormActivation).
+public final class ConvNormActivation {
+    public let conv: Conv2d
+    public let norm: BatchNorm2d
+    private let activation: ReLU?
+
+    /// `conv` and `norm` are the two layers' full names.
+    public init(conv: String, norm: String, inChannels: Int, outChannels: Int, kernel: Int, stride: Int = 1,
+                padding: Int = 0, activation: Activation?, store: ParameterStore, workspace: Workspace) {
+        self.conv = Conv2d(name: conv, inChannels: inChannels, outChannels: outChannels, kernel: kernel,
+                           stride: stride, padding: padding, store: store, workspace: workspace)
+        self.norm = BatchNorm2d(name: norm, channels: outChannels, store: store)
+        self.activation = activation?.make()
+    }
+
+    public func forward(_ x: FeatureMap, training: Bool) -> FeatureMap {
+        let y = norm.forward(conv.forward(x), training: training)
+        return activation?.forward(y) ?? y
+    }
+
+    public func backward(_ dy: FeatureMap) -> FeatureMap {
+        conv.backward(norm.backward(activation?.backward(dy) ?? dy))
+    }
+}
+
+/// A chain of conv-BN-activation bricks without a shortcut: a network's
+/// stem, or MobileNetV2's last 1x1 convolution.
+public final class ConvStem: NetworkUnit {
+    public let name: String
+    public let parts: [ConvNormActivation]
+
+    public init(name: String, _ parts: [ConvNormActivation]) {
+        precondition(!parts.isEmpty, "\(name): a stem needs a convolution")
+        self.name = name
+        self.parts = parts
+    }
+
+    public var convolutions: [Conv2d] { parts.map(\.conv) }
+    public var batchNorms: [BatchNorm2d] { parts.map(\.norm) }
+    public var inputLayers: [Conv2d] { [parts[0].conv] }
+
+    public func forward(_ x: FeatureMap, training: Bool) -> FeatureMap {
+        var y = x
+        for part in parts { y = part.forward(y, training: training) }
+        return y
+    }
+
+    public func backward(_ dy: FeatureMap) -> FeatureMap {
+        var d = dy
+        for part in parts.reversed() { d = part.backward(d) }
+        return d
+    }
+}
+
+/// The residual block of ResNet-18/20 (torchvision's BasicBlock):
+/// out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), where the
+/// shortcut is a 1x1 conv + BN ("downsample") when the shape changes.
+public final class BasicBlock: NetworkUnit {
+    public let name: String
+    public let conv1: Conv2d
+    public let bn1: BatchNorm2d
+    public let conv2: Conv2d
+    public let bn2: BatchNorm2d
+    public let downsample: (conv: Conv2d, norm: BatchNorm2d)?
+    private let relu1 = ReLU()
+    private let join = AddReLU()
+
+    public init(name: String, inChannels: Int, outChannels: Int, stride: Int,
+                store: ParameterStore, workspace: Workspace) {
+        self.name = name
+        conv1 = Conv2d(name: "\(name).conv1", inChannels: inChannels, outChannels: outChannels,
+                       kernel: 3, stride: stride, padding: 1, store: store, workspace: workspace)
+        bn1 = BatchNorm2d(name: "\(name).bn1", channels: outChannels, store: store)
+        conv2 = Conv2d(name: "\(name).conv2", inChannels: outChannels, outChannels: outChannels,
+                       kernel: 3, stride: 1, padding: 1, store: store, workspace: workspace)
+        bn2 = BatchNorm2d(name: "\(name).bn2", channels: outChannels, store: store)
+        if stride != 1 || inChannels != outChannels {
+            downsample = (
+                Conv2d(name: "\(name).downsample.0", inChannels: inChannels, outChannels: outChannels,
+                       kernel: 1, stride: stride, store: store, workspace: workspace),
+                BatchNorm2d(name: "\(name).downsample.1", channels: outChannels, store: store)
+            )
+        } else {
+            downsample = nil
+        }
+    }
+
+    public var convolutions: [Conv2d] { [conv1, conv2] + (downsample.map { [$0.conv] } ?? []) }
+    public var batchNorms: [BatchNorm2d] { [bn1, bn2] + (downsample.map { [$0.norm] } ?? []) }
+    public var inputLayers: [Conv2d] { [conv1] + (downsample.map { [$0.conv] } ?? []) }
+
+    public func forward(_ x: FeatureMap, training: Bool) -> FeatureMap {
+        let h = relu1.forward(bn1.forward(conv1.forward(x), training: training))
+        let main = bn2.forward(conv2.forward(h), training: training)
+        let shortcut = downsample.map { $0.norm.forward($0.conv.forward(x), training: training) } ?? x
+        return join.forward(main, shortcut)
+    }
+
+    public func backward(_ dy: FeatureMap) -> FeatureMap {
+        let dSum = join.backward(dy)
+        let dh = relu1.backward(conv2.backward(bn2.backward(dSum)))
+        let dx = conv1.backward(bn1.backward(dh))
+        let dShortcut = downsample.map { $0.conv.backward($0.norm.backward(dSum)) } ?? dSum
+        for i in 0..<dx.count { dx.data[i] += dShortcut.data[i] }
+        return dx
+    }
+}
+
+/// Global average pooling and a linear classifier: [C, N, H, W] -> logits
+/// [classes, N, 1, 1]. Named after its linear layer (`fc`).
+public final class ClassifierHead: NetworkUnit {
+    public let name: String
+    public let fc: Conv2d
+    private let pool = GlobalAveragePool()
+
+    public init(name: String, features: Int, classes: Int, store: ParameterStore, workspace: Workspace) {
+        self.name = name
+        fc = Conv2d.linear(name: name, inFeatures: features, outFeatures: classes, store: store, workspace: workspace)
+    }
+
+    public var convolutions: [Conv2d] { [fc] }
+    public var batchNorms: [BatchNorm2d] { [] }
+    public var inputLayers: [Conv2d] { [fc] }
+
+    public func forward(_ x: FeatureMap, training: Bool) -> FeatureMap { fc.forward(pool.forward(x)) }
+
+    public func backward(_ dy: FeatureMap) -> FeatureMap { pool.backward(fc.backward(dy)) }
+}

@@ -103,9 +103,13 @@ final class DataParallelEquivalenceTests: XCTestCase {
     }
 
     /// Calibration sees the union of the ranks' samples: min/max and the
-    /// histograms are reduced over ranks, so 4 ranks end with bit-identical
-    /// quantizer parameters to 1 process calibrating the same FP32 model on
-    /// the same samples (here with the histogram-based L_p search).
+    /// histograms are reduced over ranks, so 4 ranks end with the quantizer
+    /// parameters of 1 process calibrating the same FP32 model on the same
+    /// samples (here with the histogram-based L_p search). Not bit for bit:
+    /// 4 ranks run batches of 50 where 1 process runs 128 and 72, and
+    /// OpenBLAS's kernels on some processors (AMD EPYC here) round a column
+    /// differently with the width of the product, so the activations agree
+    /// to the last bits only.
     func testFourRanksCalibrateLikeOneProcess() throws {
         let trained = try singleProcess(accumulation: 2, name: "one-process-accumulation-2")
         try assertSucceeded(trained, ranks: 1)
@@ -131,7 +135,15 @@ final class DataParallelEquivalenceTests: XCTestCase {
         let quantizers = one.tensors.filter { $0.name.contains("_quantizer.") }
         XCTAssertEqual(quantizers.count, 4 * 22)  // step and zero point of weights and input, 22 layers
         for tensor in quantizers {
-            XCTAssertEqual(four[tensor.name]?.bytes, tensor.bytes, "\(tensor.name) differs between 1 and 4 ranks")
+            let a: [Float] = try tensor.values(), b: [Float] = try XCTUnwrap(four[tensor.name]).values()
+            XCTAssertEqual(a.count, b.count, tensor.name)
+            for (x, y) in zip(a, b) {
+                if tensor.name.hasSuffix("zero_point") {
+                    XCTAssertEqual(x, y, accuracy: 1, "\(tensor.name) differs between 1 and 4 ranks")
+                } else {
+                    XCTAssertEqual(x, y, accuracy: 1e-4 * abs(x), "\(tensor.name) differs between 1 and 4 ranks")
+                }
+            }
         }
     }
 

@@ -51,7 +51,7 @@ let package = Package(
 
         .testTarget(name: "DataTests", dependencies: ["Data"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
-        .testTarget(name: "DistributedTests", dependencies: ["Checkpoint"]),
+        .testTarget(name: "DistributedTests", dependencies: ["Checkpoint", "Data"]),
         .testTarget(name: "TrainingTests", dependencies: [
             "Checkpoint", "Data", "Distributed", "EfQAT", "Kernels", "Layers", "Quantization", "Training",
         ]),

@@ -17,20 +17,18 @@ enum GzipPolicy {
 /// a directory, unreadable, compressed when `gzip` is `.refuse`, bad gzip
 /// data when it is `.decompress`) into `DataError`s.
 func readFile(_ path: String, gzip: GzipPolicy = .refuse) throws -> [UInt8] {
-    let gunzipHint = "Decompress it first: gunzip \(path)"
-    if gzip == .refuse && path.hasSuffix(".gz") {
-        throw DataError(file: path, problem: .compressed, hint: gunzipHint)
-    }
-    let bytes = try readBytes(path)
+    let namedGzip = path.hasSuffix(".gz")
     switch gzip {
     case .refuse:
+        let compressed = DataError(file: path, problem: .compressed, hint: "Decompress it first: gunzip \(path)")
+        guard !namedGzip else { throw compressed }
+        let bytes = try readBytes(path)
         // No supported format starts with the gzip signature 1f 8b.
-        if Gzip.isCompressed(bytes) {
-            throw DataError(file: path, problem: .compressed, hint: gunzipHint)
-        }
+        guard !Gzip.isCompressed(bytes) else { throw compressed }
         return bytes
     case .decompress:
-        return Gzip.isCompressed(bytes) || path.hasSuffix(".gz") ? try Gzip.decompress(bytes, file: path) : bytes
+        let bytes = try readBytes(path)
+        return namedGzip || Gzip.isCompressed(bytes) ? try Gzip.decompress(bytes, file: path) : bytes
     }
 }
 

@@ -6,7 +6,7 @@ import PackageDescription
 ///   CMPI ─► Distributed ─┐
 ///   COpenBLAS ─► Kernels ─► Layers ─► Quantization ─► Training ─► efqat-train
 ///   Layers ─► EfQAT ─► Training
-///   Data, Checkpoint ─► Training
+///   CZlib ─► Data; Data, Checkpoint ─► Training
 ///   Kernels, Layers, Distributed, Checkpoint ─► Genie ─► Training (zero-shot), efqat-train
 let package = Package(
     name: "efqat-train",
@@ -23,6 +23,9 @@ let package = Package(
                        providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
+        // Gzip decompression of data files (Fashion-MNIST ships gzipped).
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib",
+                       providers: [.apt(["zlib1g-dev"])]),
         // Thin C shim: Open MPI's handles are macros Swift cannot import.
         .target(name: "CMPI", dependencies: ["COpenMPI"]),
 
@@ -32,7 +35,7 @@ let package = Package(
         .target(name: "Distributed", dependencies: ["CMPI"]),
         .target(name: "EfQAT", dependencies: ["Kernels", "Layers", "Distributed"]),
         .target(name: "Checkpoint"),
-        .target(name: "Data", dependencies: ["Kernels"]),
+        .target(name: "Data", dependencies: ["Kernels", "CZlib"]),
         .target(name: "Training", dependencies: [
             "Kernels", "Layers", "Quantization", "EfQAT", "Distributed", "Checkpoint", "Data", "Genie",
         ]),
@@ -48,7 +51,7 @@ let package = Package(
 
         .testTarget(name: "DataTests", dependencies: ["Data"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
-        .testTarget(name: "DistributedTests", dependencies: ["Checkpoint"]),
+        .testTarget(name: "DistributedTests", dependencies: ["Checkpoint", "Data"]),
         .testTarget(name: "TrainingTests", dependencies: [
             "Checkpoint", "Data", "Distributed", "EfQAT", "Kernels", "Layers", "Quantization", "Training",
         ]),

@@ -6,8 +6,13 @@
 # It defines:
 #   EFQAT_ROOT            the repository root
 #   efqat_say TEXT        a progress line ("==> TEXT") on stderr
+#   EFQAT_CACHE           the data cache (exported): $EFQAT_CACHE if set, else
+#                         efqat_default_cache
+#   efqat_default_cache   prints the per-user cache folder,
+#                         ${XDG_CACHE_HOME:-$HOME/.cache}/efqat-train, the rule
+#                         efqat-train applies too (Sources/Data/DataCache.swift)
 #   ensure_dependencies   installs what is missing (apt: Open MPI, OpenBLAS,
-#                         pkg-config, as root iproute2; pip: safetensors,
+#                         zlib, pkg-config, as root iproute2; pip: safetensors,
 #                         numpy), and nothing when everything is present
 #   EFQAT_BUILD_DIR       SwiftPM's build folder (default <repo>/.build)
 #   efqat_build LOG ARGS  `swift build ARGS` in the repository, quiet unless it fails
@@ -20,12 +25,26 @@
 #                         unless it is set already
 #
 # Environment it reads: EFQAT_MPIRUN_ARGS (extra mpirun options, split on
-# spaces), EFQAT_CACHE (data cache, default <repo>/cache), EFQAT_BUILD_DIR,
+# spaces), EFQAT_CACHE (data cache, default efqat_default_cache), EFQAT_BUILD_DIR,
 # EFQAT_TRAIN_BINARY (an efqat-train to run instead of the built one),
 # EFQAT_SRUN_MPI and EFQAT_SRUN_ARGS (see efqat_srun).
 
 EFQAT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export EFQAT_CACHE="${EFQAT_CACHE:-$EFQAT_ROOT/cache}"
+
+# The per-user data cache, so that efqat-train finds its data from any
+# folder. An empty variable counts as unset, and without HOME the account's
+# home folder (from the password database) stands in, as in efqat-train.
+efqat_default_cache() {
+    local home="${HOME:-}"
+    if [[ -z "$home" ]]; then
+        home="$(getent passwd "$(id -u)" 2>/dev/null | cut -d: -f6 || true)"
+    fi
+    echo "${XDG_CACHE_HOME:-$home/.cache}/efqat-train"
+}
+EFQAT_CACHE="${EFQAT_CACHE:-$(efqat_default_cache)}"
+# Absolute, so that every rank and script reads the same folder.
+[[ "$EFQAT_CACHE" == /* ]] || EFQAT_CACHE="$PWD/$EFQAT_CACHE"
+export EFQAT_CACHE
 EFQAT_BUILD_DIR="${EFQAT_BUILD_DIR:-$EFQAT_ROOT/.build}"
 [[ "$EFQAT_BUILD_DIR" == /* ]] || EFQAT_BUILD_DIR="$EFQAT_ROOT/$EFQAT_BUILD_DIR"
 
@@ -67,7 +86,7 @@ _efqat_apt_install() {
 
 ensure_dependencies() {
     if command -v dpkg >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-        local wanted=(libopenmpi-dev openmpi-bin libopenblas-dev pkg-config)
+        local wanted=(libopenmpi-dev openmpi-bin libopenblas-dev zlib1g-dev pkg-config)
         if ! command -v python3 >/dev/null 2>&1; then wanted+=(python3); fi
         # ip and tc for the multi-host harness (clusters/netns), which only
         # root can use.
@@ -86,10 +105,10 @@ ensure_dependencies() {
         # Not Debian/Ubuntu: say what is missing instead of guessing a package manager.
         local tool
         for tool in mpirun pkg-config python3; do
-            command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is missing; install Open MPI, OpenBLAS, pkg-config and python3" >&2; return 1; }
+            command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is missing; install Open MPI, OpenBLAS, zlib, pkg-config and python3" >&2; return 1; }
         done
-        pkg-config --exists ompi openblas 2>/dev/null \
-            || { echo "error: pkg-config finds no ompi/openblas; install the Open MPI and OpenBLAS development packages" >&2; return 1; }
+        pkg-config --exists ompi openblas zlib 2>/dev/null \
+            || { echo "error: pkg-config finds no ompi/openblas/zlib; install the Open MPI, OpenBLAS and zlib development packages" >&2; return 1; }
     fi
     if ! python3 -c 'import safetensors, numpy' >/dev/null 2>&1; then
         efqat_say "pip install safetensors numpy"

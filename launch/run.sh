@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the default job: installs what is missing, fetches MNIST, builds
-# efqat-train in release mode and runs it under mpirun.
+# Runs the default job: installs what is missing, fetches the data set
+# (MNIST 5k, or Fashion-MNIST with --dataset fashion-mnist) into the data
+# cache, builds efqat-train in release mode and runs it under mpirun.
 #
 #   launch/run.sh [-n RANKS] [efqat-train options...]
 #
@@ -11,7 +12,8 @@
 #
 # Environment: EFQAT_PROGRESS=bar|lines (default: a bar on a terminal),
 # EFQAT_MPIRUN_ARGS (extra mpirun options, e.g. "-q" for fewer Open MPI
-# banners), EFQAT_CACHE (data cache), EFQAT_BUILD_DIR (build folder).
+# banners), EFQAT_CACHE (data cache, default ${XDG_CACHE_HOME:-~/.cache}/efqat-train),
+# EFQAT_BUILD_DIR (build folder).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
@@ -57,7 +59,19 @@ if ! [[ "$ranks" =~ ^[1-9][0-9]*$ ]]; then
 fi
 
 ensure_dependencies
-bash "$EFQAT_ROOT/launch/setup-data.sh" >&2
+# MNIST 5k as always, and Fashion-MNIST when the job reads it from the cache.
+datasets=(mnist5k)
+dataset=mnist5k
+data_dir_given=0
+for ((i = 0; i < ${#args[@]}; i++)); do
+    case "${args[i]}" in
+        --dataset) dataset="${args[i + 1]:-}" ;;
+        --dataset=*) dataset="${args[i]#*=}" ;;
+        --data-dir | --data-dir=*) data_dir_given=1 ;;
+    esac
+done
+if [[ "$dataset" == fashion-mnist && "$data_dir_given" -eq 0 ]]; then datasets+=(fashion-mnist); fi
+bash "$EFQAT_ROOT/launch/setup-data.sh" "${datasets[@]}" >&2
 
 efqat_say "building efqat-train (release)"
 efqat_build "$EFQAT_BUILD_DIR/launch-build.log" -c release --product efqat-train

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: installs what is missing, fetches MNIST, builds all
-# products in release mode, then `swift test -c release`.
+# Runs every test: installs what is missing, fetches MNIST and Fashion-MNIST
+# into the data cache, builds all products in release mode, then
+# `swift test -c release`.
 #
 #   launch/test.sh [swift test options...]     e.g. --filter DistributedTests
 #
@@ -10,7 +11,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 started=$SECONDS
 ensure_dependencies
-bash "$EFQAT_ROOT/launch/setup-data.sh" >&2
+# The data tests read the real files, and fail if they are missing.
+bash "$EFQAT_ROOT/launch/setup-data.sh" mnist5k fashion-mnist >&2
 
 efqat_say "building all products (release)"
 efqat_build "$EFQAT_BUILD_DIR/launch-build.log" -c release

@@ -1,6 +1,6 @@
 /// A data file that cannot be used, with a message naming the file and what
 /// is wrong with it, e.g.
-/// `cache/mnist/mnist_5k.csv: line 12, field 40: "2x5" is not an integer`.
+/// `~/.cache/efqat-train/mnist/mnist_5k.csv: line 12, field 40: "2x5" is not an integer`.
 public struct DataError: Error, CustomStringConvertible, Equatable, Sendable {
     public enum Problem: Equatable, Sendable {
         case missing
@@ -8,6 +8,8 @@ public struct DataError: Error, CustomStringConvertible, Equatable, Sendable {
         case unreadable(reason: String)
         /// The file is gzip-compressed (by name or by content).
         case compressed
+        /// A gzip file (read to be decompressed) that zlib cannot decompress.
+        case corruptGzip(String)
         case empty
         case truncated(expectedBytes: Int, actualBytes: Int)
         case trailingBytes(expectedBytes: Int, actualBytes: Int)
@@ -53,6 +55,8 @@ extension DataError.Problem {
             "cannot be read (\(reason))"
         case .compressed:
             "is gzip-compressed"
+        case .corruptGzip(let detail):
+            "is not valid gzip data: \(detail)"
         case .empty:
             "is empty"
         case .truncated(let expected, let actual):

@@ -5,6 +5,9 @@ public enum DatasetFormat: String, CaseIterable, Sendable {
     case mnist5k = "mnist5k"
     /// The four decompressed MNIST IDX files.
     case mnistIDX = "mnist-idx"
+    /// The four Fashion-MNIST IDX files, gzipped or not, fetched by
+    /// `launch/setup-data.sh fashion-mnist`.
+    case fashionMNIST = "fashion-mnist"
     /// The CIFAR-10 binary batches.
     case cifar10 = "cifar10"
 
@@ -12,7 +15,7 @@ public enum DatasetFormat: String, CaseIterable, Sendable {
     /// (Genie-D synthesises images of this size).
     public var imageSize: (height: Int, width: Int) {
         switch self {
-        case .mnist5k, .mnistIDX: (MNISTImage.height, MNISTImage.width)
+        case .mnist5k, .mnistIDX, .fashionMNIST: (MNISTImage.height, MNISTImage.width)
         case .cifar10: (CIFAR10.height, CIFAR10.width)
         }
     }
@@ -22,6 +25,7 @@ public enum DatasetFormat: String, CaseIterable, Sendable {
         switch self {
         case .mnist5k: try MNIST5k.read(path(MNIST5k.fileName, in: directory))
         case .mnistIDX: try MNISTIDX.load(from: directory)
+        case .fashionMNIST: try FashionMNIST.load(from: directory)
         case .cifar10: try CIFAR10.load(from: directory)
         }
     }

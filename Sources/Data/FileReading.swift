@@ -4,13 +4,36 @@ import Glibc
 import Darwin
 #endif
 
+/// What a reader does with a gzip-compressed file.
+enum GzipPolicy {
+    /// Refuse it, saying to decompress it first.
+    case refuse
+    /// Decompress it in memory (gzip content, by its signature); a file
+    /// named `*.gz` must then hold gzip data.
+    case decompress
+}
+
 /// Reads a whole file into memory, turning the usual failures (missing,
-/// a directory, unreadable, still gzip-compressed) into `DataError`s.
-func readFile(_ path: String) throws -> [UInt8] {
-    let gunzipHint = "Decompress it first: gunzip \(path)"
-    if path.hasSuffix(".gz") {
-        throw DataError(file: path, problem: .compressed, hint: gunzipHint)
+/// a directory, unreadable, compressed when `gzip` is `.refuse`, bad gzip
+/// data when it is `.decompress`) into `DataError`s.
+func readFile(_ path: String, gzip: GzipPolicy = .refuse) throws -> [UInt8] {
+    let namedGzip = path.hasSuffix(".gz")
+    switch gzip {
+    case .refuse:
+        let compressed = DataError(file: path, problem: .compressed, hint: "Decompress it first: gunzip \(path)")
+        guard !namedGzip else { throw compressed }
+        let bytes = try readBytes(path)
+        // No supported format starts with the gzip signature 1f 8b.
+        guard !Gzip.isCompressed(bytes) else { throw compressed }
+        return bytes
+    case .decompress:
+        let bytes = try readBytes(path)
+        return namedGzip || Gzip.isCompressed(bytes) ? try Gzip.decompress(bytes, file: path) : bytes
     }
+}
+
+/// The bytes of the regular file at `path`, as they are.
+private func readBytes(_ path: String) throws -> [UInt8] {
     var info = stat()
     guard stat(path, &info) == 0 else {
         throw DataError(file: path, problem: errno == ENOENT ? .missing : .unreadable(reason: systemError()))
@@ -37,11 +60,17 @@ func readFile(_ path: String) throws -> [UInt8] {
             }
         }
     }
-    // No supported format starts with the gzip signature 1f 8b.
-    if bytes.count >= 2 && bytes[0] == 0x1F && bytes[1] == 0x8B {
-        throw DataError(file: path, problem: .compressed, hint: gunzipHint)
-    }
     return bytes
+}
+
+/// Runs `body`; a missing-file error it throws gains the hint to run
+/// `command`, the setup step that fetches the file.
+func suggestingSetup<T>(_ command: String, _ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let error as DataError where error.problem == .missing {
+        throw DataError(file: error.file, problem: .missing, hint: "Run \(command) to download it")
+    }
 }
 
 /// `directory/name`, without doubling a trailing slash.

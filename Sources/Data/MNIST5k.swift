@@ -12,13 +12,7 @@ public enum MNIST5k {
 
     /// Reads and validates the CSV file, then splits it into train and test.
     public static func read(_ file: String) throws -> (train: Dataset, test: Dataset) {
-        let bytes: [UInt8]
-        do {
-            bytes = try readFile(file)
-        } catch let error as DataError where error.problem == .missing {
-            throw DataError(file: file, problem: .missing,
-                            hint: "Run launch/setup-data.sh to download it")
-        }
+        let bytes = try suggestingSetup("launch/setup-data.sh") { try readFile(file) }
         let (pixels, labels) = try bytes.withUnsafeBufferPointer {
             try parseRows($0, file: file)
         }

@@ -1,4 +1,5 @@
-/// Shape and statistics shared by both MNIST readers.
+/// The image shape and classes of both MNIST readers and Fashion-MNIST, and
+/// MNIST's statistics.
 enum MNISTImage {
     static let height = 28
     static let width = 28

@@ -33,12 +33,6 @@ extension RankCommand {
     /// The node's cores shared by its ranks.
     func defaultThreads(cores: Int, ranksOnNode: Int) -> Int { max(1, cores / ranksOnNode) }
 
-    /// The repository's data cache, where launch/setup-data.sh puts MNIST.
-    func defaultDataDirectory() -> String {
-        if let cache = ProcessInfo.processInfo.environment["EFQAT_CACHE"] { return cache + "/mnist" }
-        return FileManager.default.currentDirectoryPath + "/cache/mnist"
-    }
-
     /// The model in a file written by the train job (its FP32 weights and
     /// running statistics), and the file with its metadata.
     func loadModel(_ path: String) throws -> (model: Network, file: SafeTensorsFile) {

@@ -37,7 +37,10 @@ struct TrainCommand: RankCommand {
     @Option(help: "Data set format: \(DatasetFormat.allCases.map(\.rawValue).joined(separator: ", ")).")
     var dataset: DatasetFormat = .mnist5k
 
-    @Option(help: "Folder with the data set files (default: cache/mnist from launch/setup-data.sh for mnist5k).")
+    @Option(help: ArgumentHelp("Folder with the data set files (default: the data set's folder in the per-user "
+                               + "cache that launch/setup-data.sh fills, $EFQAT_CACHE or "
+                               + "${XDG_CACHE_HOME:-~/.cache}/efqat-train: mnist for mnist5k and mnist-idx, else "
+                               + "the data set's name, e.g. fashion-mnist)."))
     var dataDir: String?
 
     @Option(help: "Folder for checkpoints, metrics and the summary.")
@@ -341,11 +344,11 @@ struct TrainCommand: RankCommand {
         return phase
     }
 
-    func pipelineOptions(repositoryCache: String) throws -> PipelineOptions {
+    func pipelineOptions(defaultDataDirectory: String) throws -> PipelineOptions {
         let fp32 = phase("fp32", epochs: fp32Epochs, learningRate: lr)
         var qat = phase("qat", epochs: qatEpochs, learningRate: qatLr)
         if zeroShot { qat.augmentShift = 0 }
-        var options = PipelineOptions(dataDirectory: dataDir ?? repositoryCache, outputDirectory: output,
+        var options = PipelineOptions(dataDirectory: dataDir ?? defaultDataDirectory, outputDirectory: output,
                                       fp32: fp32, qat: qat, policy: try quantizationPolicy())
         options.dataset = dataset
         options.architecture = arch
@@ -382,7 +385,8 @@ struct TrainCommand: RankCommand {
 
 extension TrainCommand {
     func run(communicator: Communicator) throws {
-        try Pipeline(options: try pipelineOptions(repositoryCache: defaultDataDirectory()), communicator: communicator).run()
+        try Pipeline(options: try pipelineOptions(defaultDataDirectory: DataCache.directory(for: dataset)),
+                     communicator: communicator).run()
     }
 }
 

@@ -1,14 +1,6 @@
 import Data
 import XCTest
 
-/// An IDX file: big-endian magic and dimensions, then the payload.
-private func idx(magic: UInt32, dimensions: [UInt32], payload: [UInt8]) -> [UInt8] {
-    let header = ([magic] + dimensions).flatMap { value in
-        (0..<4).reversed().map { UInt8(truncatingIfNeeded: value >> (8 * $0)) }
-    }
-    return header + payload
-}
-
 final class MNISTIDXTests: XCTestCase {
     private let imagesMagic: UInt32 = 2051, labelsMagic: UInt32 = 2049
 

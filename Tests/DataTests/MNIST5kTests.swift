@@ -4,21 +4,13 @@ import XCTest
 
 /// Reads the real `mnist_5k.csv` fetched by `launch/setup-data.sh`.
 final class MNIST5kFileTests: XCTestCase {
-    /// `$EFQAT_CACHE/mnist/mnist_5k.csv`, or `<repo>/cache/mnist/mnist_5k.csv`.
-    private static let csvPath: String = {
-        let cache = ProcessInfo.processInfo.environment["EFQAT_CACHE"] ?? {
-            let repoRoot = URL(fileURLWithPath: #filePath)
-                .deletingLastPathComponent()  // DataTests
-                .deletingLastPathComponent()  // Tests
-                .deletingLastPathComponent()
-            return repoRoot.appendingPathComponent("cache").path
-        }()
-        return cache + "/mnist/" + MNIST5k.fileName
-    }()
+    /// `mnist_5k.csv` in the data cache's `mnist` folder, where efqat-train
+    /// looks for it by default.
+    private static let csvPath = DataCache.directory(for: .mnist5k) + "/" + MNIST5k.fileName
 
     private func readRealFile() throws -> (train: Dataset, test: Dataset, lines: [Substring]) {
         guard FileManager.default.fileExists(atPath: Self.csvPath) else {
-            throw MissingDataFile(path: Self.csvPath)
+            throw MissingDataFile(path: Self.csvPath, setup: "launch/setup-data.sh")
         }
         let (train, test) = try MNIST5k.read(Self.csvPath)
         let text = try String(contentsOfFile: Self.csvPath, encoding: .utf8)
@@ -73,12 +65,6 @@ final class MNIST5kFileTests: XCTestCase {
         XCTAssertEqual(Array(set.pixels[sample * 784 ..< (sample + 1) * 784]), expected,
                        file: file, line: lineNumber)
     }
-}
-
-/// Fails the test (rather than skipping it): the data is part of the setup.
-private struct MissingDataFile: Error, CustomStringConvertible {
-    let path: String
-    var description: String { "\(path) is missing: run launch/setup-data.sh first" }
 }
 
 /// Malformed CSV files give errors naming the file, line and field.

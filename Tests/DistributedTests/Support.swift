@@ -1,4 +1,5 @@
 import Checkpoint
+import Data
 import Foundation
 import XCTest
 
@@ -48,11 +49,10 @@ enum Locations {
         throw SetupError("mpirun is not on PATH: install openmpi-bin and libopenmpi-dev (launch/test.sh does)")
     }
 
-    /// The folder with `mnist_5k.csv`, as launch/setup-data.sh makes it.
+    /// The folder with `mnist_5k.csv`, as launch/setup-data.sh makes it in
+    /// the data cache.
     static func mnistFolder() throws -> String {
-        let cache = ProcessInfo.processInfo.environment["EFQAT_CACHE"].map { URL(fileURLWithPath: $0) }
-            ?? repository.appendingPathComponent("cache")
-        let folder = cache.appendingPathComponent("mnist").path
+        let folder = DataCache.directory(for: .mnist5k)
         guard FileManager.default.fileExists(atPath: folder + "/mnist_5k.csv") else {
             throw SetupError("\(folder)/mnist_5k.csv is missing: run launch/setup-data.sh (launch/test.sh does)")
         }

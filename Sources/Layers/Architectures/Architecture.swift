@@ -13,8 +13,13 @@ public enum Architecture: String, Codable, CaseIterable, Sendable {
         switch self {
         case .resnet8, .resnet20, .resnet32, .resnet44, .resnet56:
             CIFARResNet.build(spec, blocksPerStage: (cifarDepth! - 2) / 6, store: store, workspace: workspace)
-        case .resnet18, .resnet50, .mobilenetV2:
-            preconditionFailure("\(rawValue) is not built yet")
+        case .resnet18:
+            ImageNetResNet.build(spec, block: .basic, blocksPerStage: [2, 2, 2, 2], store: store, workspace: workspace)
+        case .resnet50:
+            ImageNetResNet.build(spec, block: .bottleneck, blocksPerStage: [3, 4, 6, 3], store: store,
+                                 workspace: workspace)
+        case .mobilenetV2:
+            MobileNetV2.build(spec, store: store, workspace: workspace)
         }
     }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measures every figure in docs/results.md and rewrites that file.
 #
-#   launch/results.sh [--quick] [default] [ptq] [efqat] [zeroshot]
+#   launch/results.sh [--quick] [default] [ptq] [efqat] [zeroshot] [arch]
 #
 # Sections (all of them when none is named; a section's earlier runs are
 # replaced, the others' kept, and docs/results.md shows every section that
@@ -24,6 +24,10 @@
 #          per image of 128 images on 1, 2 and 4 ranks (ZS_TIME_ITERATIONS,
 #          100, per batch of 32). ZS_IMAGES must be a multiple of 64 (the
 #          synthesis batch); ZS_RECONSTRUCTION_ITERATIONS (400) per block.
+# arch     The other architectures (ARCHS: resnet18 resnet50 mobilenet_v2) on
+#          the same data: each one's FP32 model by the default recipe on
+#          $ranks ranks, then W4A4 PTQ (min-max, L_p, reconstruction,
+#          MixQuant + reconstruction), EfQAT p = 0.1 and full QAT (2 ranks).
 # --quick runs a 2-rank default job with fewer FP32 epochs (for trying the
 # script out; its figures are not the documented ones), and a zeroshot
 # section with 128 images, 10 synthesis iterations, 2 QAT epochs and 20
@@ -36,18 +40,21 @@ fp32_args=()
 quick=0
 if [[ "${1:-}" == "--quick" ]]; then quick=1; ranks=2; fp32_args=(--fp32-epochs 2 --qat-epochs 1); shift; fi
 sections=("$@")
-[[ ${#sections[@]} -gt 0 ]] || sections=(default ptq efqat zeroshot)
+[[ ${#sections[@]} -gt 0 ]] || sections=(default ptq efqat zeroshot arch)
 for section in "${sections[@]}"; do
-    case "$section" in default|ptq|efqat|zeroshot) ;; *) echo "error: unknown section '$section' (default, ptq, efqat, zeroshot)" >&2; exit 2 ;; esac
+    case "$section" in default|ptq|efqat|zeroshot|arch) ;; *) echo "error: unknown section '$section' (default, ptq, efqat, zeroshot, arch)" >&2; exit 2 ;; esac
 done
 wants() { [[ " ${sections[*]} " == *" $1 "* ]]; }
 
 ensure_dependencies
 bash "$EFQAT_ROOT/launch/setup-data.sh" >&2
 efqat_build "$EFQAT_ROOT/.build/launch-build.log" -c release --product efqat-train
-binary="$EFQAT_BUILD_DIR/release/efqat-train"
 out="$EFQAT_ROOT/runs/results"
 mkdir -p "$out"
+# The runs use a copy of the binary, so a rebuild while they go changes none of them.
+commit=$(git -C "$EFQAT_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+binary="$out/efqat-train.$commit"
+cp "$EFQAT_BUILD_DIR/release/efqat-train" "$binary"
 export EFQAT_PROGRESS=lines
 
 if wants default; then
@@ -58,19 +65,21 @@ if wants default; then
     finished=$(date +%s.%N)
     python3 -c "print(f'{$finished - $started:.1f}')" > "$out/default.seconds"
 fi
-if [[ ! -f "$out/default/fp32.safetensors" ]]; then
+if [[ ! -f "$out/default/fp32.safetensors" ]] && ! [[ ${#sections[@]} -eq 1 && "${sections[0]}" == arch ]]; then
     echo "error: $out/default/fp32.safetensors is missing: run the default section first" >&2
     exit 1
 fi
 
-# Runs reuse the FP32 model of the default job (same seed and epochs).
+# Runs reuse the FP32 model of the default job (same seed and epochs), or
+# of the run folder named by $fp32_from.
+fp32_from=default
 run() {  # name, ranks, then efqat-train options
     local name="$1" n="$2"
     shift 2
     efqat_say "$name"
     rm -rf "$out/$name" "$out/$name".*
     mkdir -p "$out/$name"
-    cp "$out/default/fp32.safetensors" "$out/$name/"
+    cp "$out/$fp32_from/fp32.safetensors" "$out/$name/"
     local started=$SECONDS
     if [[ "$n" -eq 1 ]]; then
         "$binary" --output "$out/$name" ${fp32_args[@]+"${fp32_args[@]}"} --log-every 0 "$@" > "$out/$name.log"
@@ -141,6 +150,26 @@ if wants zeroshot; then
         efqat_say "zs-time-$n: synthesis of 128 images on $n rank(s)"
         efqat_mpirun "$n" "$binary" synthesize --model "$out/default/fp32.safetensors" --output "$out/zs-time-$n" \
             --images 128 --batch-size 32 --iterations "$time_iterations" --log-every 1000 > "$out/zs-time-$n.log"
+    done
+fi
+
+if wants arch; then
+    for arch in ${ARCHS:-resnet18 resnet50 mobilenet_v2}; do
+        rm -rf "$out/arch-$arch"-* "$out/arch-$arch".*
+        efqat_say "arch-$arch-fp32: FP32 model on $ranks ranks"
+        started=$SECONDS
+        efqat_mpirun "$ranks" "$binary" --arch "$arch" --output "$out/arch-$arch-fp32" --qat-epochs 0 \
+            ${fp32_args[@]+"${fp32_args[@]}"} --log-every 50 > "$out/arch-$arch-fp32.log"
+        echo "$((SECONDS - started))" > "$out/arch-$arch-fp32.seconds"
+        fp32_from="arch-$arch-fp32"
+        w4a4=(--arch "$arch" --weight-bits 4 --activation-bits 4)
+        run "arch-$arch-ptq-minmax" 1 "${w4a4[@]}" --qat-epochs 0
+        run "arch-$arch-ptq-lp" 1 "${w4a4[@]}" --qat-epochs 0 --weight-calibration lp --activation-calibration lp
+        run "arch-$arch-ptq-reconstruction" 1 "${w4a4[@]}" --qat-epochs 0 --reconstruct
+        run "arch-$arch-ptq-mixquant-reconstruction" 1 "${w4a4[@]}" --qat-epochs 0 --mixquant budget:4 --reconstruct
+        run "arch-$arch-efqat-p0.1" 2 "${w4a4[@]}" --efqat-fraction 0.1
+        run "arch-$arch-efqat-full" 2 "${w4a4[@]}" --efqat-fraction 1
+        fp32_from=default
     done
 fi
 

@@ -120,7 +120,7 @@ public final class Pipeline {
                 + "\(communicator.size) rank(s), global batch \(options.qat.globalBatch)")
 
         let modelJSON = Self.json(spec)
-        let resumed = try loadResumeCheckpoint(modelJSON: modelJSON, trainSamples: train.count)
+        let resumed = try loadResumeCheckpoint(spec: spec, trainSamples: train.count)
         var resumePhase = resumed?.metadata["efqat.phase"]
 
         // 1. FP32 model.
@@ -130,9 +130,10 @@ public final class Pipeline {
             fp32Stage.accuracy = Double(resumed.metadata["efqat.fp32_accuracy"] ?? "") ?? .nan
         } else if resumePhase == nil, options.fp32Model != nil {
             let file = try SafeTensorsFile.read(from: fp32Path)
-            guard file.metadata["efqat.model"] == modelJSON, file.metadata["efqat.dataset"] == options.dataset.rawValue else {
-                throw RunError.invalid("\(fp32Path): a model of \(file.metadata["efqat.model"] ?? "?") on "
-                    + "\(file.metadata["efqat.dataset"] ?? "?"); this run builds \(modelJSON) on \(options.dataset.rawValue)")
+            try Self.checkModel(file.metadata["efqat.model"], in: fp32Path, against: spec)
+            guard file.metadata["efqat.dataset"] == options.dataset.rawValue else {
+                throw RunError.invalid("\(fp32Path): a model trained on \(file.metadata["efqat.dataset"] ?? "?"); "
+                    + "this run uses \(options.dataset.rawValue)")
             }
             try ModelCheckpoint.restore(file, path: fp32Path, into: model, requireQuantizers: false, optimizer: nil)
             log.say("starting from the FP32 model in \(fp32Path)")
@@ -348,7 +349,7 @@ public final class Pipeline {
     /// The checkpoint to continue from, checked against this run. Rank 0
     /// picks and reads it and every rank gets its bytes, so all resume the
     /// same file even when only rank 0's disk holds it.
-    private func loadResumeCheckpoint(modelJSON: String, trainSamples: Int) throws -> SafeTensorsFile? {
+    private func loadResumeCheckpoint(spec: ModelSpec, trainSamples: Int) throws -> SafeTensorsFile? {
         guard let resume = options.resume else { return nil }
         let found = try rootShares {
             guard resume == "auto" else { return (resume, try SafeTensorsFile.readBytes(from: resume)) }
@@ -365,9 +366,9 @@ public final class Pipeline {
             throw RunError.invalid("\(path): not a training checkpoint (no resumable phase in its metadata)")
         }
         // What makes the resumed run another run: model, data, data order, batch-norm batches.
+        try Self.checkModel(m["efqat.model"], in: path, against: spec)
         let microBatches = communicator.size * options.qat.accumulation
         let expected: [(key: String, value: String, problem: String)] = [
-            ("efqat.model", modelJSON, "the checkpoint is of another model"),
             ("efqat.dataset", options.dataset.rawValue, "the checkpoint trained on another data set"),
             ("efqat.train_samples", String(trainSamples), "the checkpoint trained on another number of samples (--train-samples)"),
             ("efqat.seed", String(options.qat.seed), "the checkpoint has another seed, so another data order"),
@@ -405,6 +406,18 @@ public final class Pipeline {
     /// nil: rank 0 either reads it or fails).
     private func rootReads(_ path: String) throws -> SafeTensorsFile {
         try rootShares { (path, try SafeTensorsFile.readBytes(from: path)) }!.file
+    }
+
+    /// Refuses a file whose model is not the one this run builds, in one
+    /// line that names both.
+    static func checkModel(_ saved: String?, in path: String, against spec: ModelSpec) throws {
+        guard let saved else {
+            throw RunError.invalid("\(path): no model description (efqat.model) in its metadata; not written by efqat-train")
+        }
+        guard saved != json(spec) else { return }
+        let theirs = (try? JSONDecoder().decode(ModelSpec.self, from: Data(saved.utf8)))?.details ?? saved
+        throw RunError.invalid("\(path): holds a \(theirs) model; this run builds a \(spec.details) model "
+            + "(--arch and --width choose the network, the data set its channels and classes)")
     }
 
     private func restore(_ file: SafeTensorsFile, into model: Network, trainer: Trainer, quantized: Bool) throws {

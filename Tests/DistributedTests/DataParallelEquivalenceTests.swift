@@ -147,6 +147,18 @@ final class DataParallelEquivalenceTests: XCTestCase {
         }
     }
 
+    /// Every architecture family: 2 ranks train like 1 process with 2
+    /// micro-batches, and two 2-rank runs are bitwise identical.
+    func testEveryArchitectureTrainsLikeOneProcessAndReproducibly() throws {
+        for (architecture, arguments) in ResumeTests.architectures.sorted(by: { $0.key < $1.key }) {
+            try assertEquivalent(single: try singleProcess(accumulation: 2, name: "one-process-\(architecture)",
+                                                           extra: arguments),
+                                 mpi: try mpi(ranks: 2, name: "mpi-2-ranks-\(architecture)", extra: arguments), ranks: 2)
+            try assertBitwiseIdentical(try mpi(ranks: 2, name: "mpi-2-ranks-\(architecture)", extra: arguments),
+                                       try mpi(ranks: 2, name: "mpi-2-ranks-again-\(architecture)", extra: arguments))
+        }
+    }
+
     func testTwoRankRunsAreBitwiseIdentical() throws {
         try assertBitwiseIdentical(try mpi(ranks: 2, name: "mpi-2-ranks"), try mpi(ranks: 2, name: "mpi-2-ranks-again"))
     }

@@ -36,8 +36,15 @@ final class ResumeTests: XCTestCase {
         super.tearDown()
     }
 
-    private func options(output: String) throws -> [String] {
-        [
+    /// The other architectures, small: their runs take the same steps.
+    static let architectures: [String: [String]] = [
+        "resnet18": ["--arch", "resnet18", "--width", "0.125"],
+        "resnet50": ["--arch", "resnet50", "--width", "0.0625"],
+        "mobilenet_v2": ["--arch", "mobilenet_v2", "--width", "0.25"],
+    ]
+
+    private func options(output: String, architecture: String? = nil) throws -> [String] {
+        (architecture.map { Self.architectures[$0]! } ?? []) + [
             "--data-dir", try Locations.mnistFolder(), "--output", output,
             "--seed", "7", "--train-samples", "512", "--batch-size", "64",
             "--fp32-epochs", "1", "--qat-epochs", "2",
@@ -47,10 +54,10 @@ final class ResumeTests: XCTestCase {
     }
 
     /// 2 ranks from scratch to the end: the run the interrupted ones must match.
-    private func uninterrupted() throws -> Run {
-        let run = try Self.runs.run("uninterrupted-2-ranks") { output, marker in
-            try Jobs.mpi(ranks: 2, try self.options(output: output), marker: marker, folder: Self.runs.folder,
-                         timeout: Self.runTimeout)
+    private func uninterrupted(architecture: String? = nil) throws -> Run {
+        let run = try Self.runs.run("uninterrupted-2-ranks" + (architecture.map { "-" + $0 } ?? "")) { output, marker in
+            try Jobs.mpi(ranks: 2, try self.options(output: output, architecture: architecture), marker: marker,
+                         folder: Self.runs.folder, timeout: Self.runTimeout)
         }
         try assertSucceeded(run.job)
         return run
@@ -92,6 +99,7 @@ final class ResumeTests: XCTestCase {
     /// `--resume auto`; returns the relaunched run.
     @discardableResult
     private func assertKillAndResume(rank: Int, after: (phase: String, step: Int), name: String,
+                                     architecture: String? = nil,
                                      file: StaticString = #filePath, line: UInt = #line) throws -> Run {
         let binary = try Locations.trainBinary()
         let output = "\(Self.runs.folder)/\(name)"
@@ -100,7 +108,7 @@ final class ResumeTests: XCTestCase {
             return steps.contains { $0["phase"] as? String == after.phase && $0["step"] as? Int ?? 0 >= after.step }
         }
         var killedAt: Date?
-        let killed = try Jobs.mpi(ranks: 2, try options(output: output), marker: Self.runs.folder,
+        let killed = try Jobs.mpi(ranks: 2, try options(output: output, architecture: architecture), marker: Self.runs.folder,
                                   folder: Self.runs.folder, timeout: Self.runTimeout) {
             let deadline = Date().addingTimeInterval(Self.runTimeout - 30)
             while !reached() && Date() < deadline {
@@ -124,7 +132,7 @@ final class ResumeTests: XCTestCase {
         let lastStep = try metricsRecords(in: output).last { $0["event"] as? String == "step" }
 
         let resumed = Run(name: name + "-resumed", output: output,
-                          job: try Jobs.mpi(ranks: 2, try options(output: output) + ["--resume", "auto"],
+                          job: try Jobs.mpi(ranks: 2, try options(output: output, architecture: architecture) + ["--resume", "auto"],
                                             marker: Self.runs.folder, folder: Self.runs.folder, timeout: Self.runTimeout))
         try assertSucceeded(resumed.job, file: file, line: line)
         let resume = try XCTUnwrap(metricsRecords(in: output).last { $0["event"] as? String == "resume" },
@@ -139,8 +147,17 @@ final class ResumeTests: XCTestCase {
         print("ResumeTests: \(name): killed after step \(done) of \(after.phase), resumed at step \(resumedAt)")
         XCTAssertTrue((0..<Self.checkpointEvery).contains(done - resumedAt),
                       "lost \(done - resumedAt) steps; at most those since the last checkpoint", file: file, line: line)
-        try assertBitwiseEqual(try uninterrupted().output, output, file: file, line: line)
+        try assertBitwiseEqual(try uninterrupted(architecture: architecture).output, output, file: file, line: line)
         return resumed
+    }
+
+    /// Every architecture family resumes exactly: ImageNet ResNets with
+    /// max-pool and bottlenecks, MobileNetV2 with depthwise convolutions.
+    func testEveryArchitectureResumesToTheSameModel() throws {
+        for architecture in Self.architectures.keys.sorted() {
+            try assertKillAndResume(rank: 1, after: ("qat", 6), name: "kill-rank-1-qat-\(architecture)",
+                                    architecture: architecture)
+        }
     }
 
     // MARK: --resume auto skips damaged checkpoints; only rank 0 needs them
@@ -217,7 +234,9 @@ final class ResumeTests: XCTestCase {
         let cases: [(name: String, path: String, extra: [String], message: String)] = [
             ("corrupt", corrupt, [], "\(corrupt): checksum mismatch: file is corrupt"),
             ("not a checkpoint", source + "/fp32.safetensors", [], "not a training checkpoint"),
-            ("other model", checkpoint, ["--width", "2"], "the checkpoint is of another model"),
+            ("other width", checkpoint, ["--width", "2"],
+             "holds a resnet20, 1 input channel(s), 10 classes model; this run builds a resnet20 x2, 1 input channel(s)"),
+            ("other architecture", checkpoint, ["--arch", "resnet8"], "this run builds a resnet8, 1 input channel(s)"),
             ("other bits", checkpoint, ["--weight-bits", "4"], "checkpoint was quantized as"),
             ("other EfQAT", checkpoint, ["--efqat-fraction", "0.2"], "checkpoint trained EfQAT cwpn p=0.1"),
             ("other seed", checkpoint, ["--seed", "8"], "another seed"),

@@ -69,6 +69,9 @@ public struct ModelSpec: Codable, Equatable, Sendable, CustomStringConvertible {
         architecture.rawValue + (widthMultiplier == 1 ? "" : " x\(widthMultiplier.formatted)")
     }
 
+    /// The description with the input and output sizes, for messages.
+    public var details: String { "\(description), \(inputChannels) input channel(s), \(classes) classes" }
+
     /// `width * widthMultiplier`, at least 1.
     func scaled(_ width: Int) -> Int { max(1, Int((Double(width) * widthMultiplier).rounded())) }
 }

@@ -8,9 +8,9 @@ import XCTest
 final class MaxPoolReLU6AddTests: XCTestCase {
     // MARK: MaxPool2d
 
-    /// Direct max pooling: the output and, per
-    /// output element, the flat input index (c, n, y, x) of its first
-    /// maximum in row-major window order, padding excluded.
+    /// Direct max pooling: the output and, per output element, the flat
+    /// input index (c, n, y, x) of its first maximum in row-major window
+    /// order, padding excluded; a NaN wins (the last one), as in PyTorch.
     func naiveMaxPool(_ x: FeatureMap, kernel k: Int, stride s: Int, padding p: Int)
         -> (y: [Float], argmax: [Int], height: Int, width: Int) {
         let oh = (x.height + 2 * p - k) / s + 1, ow = (x.width + 2 * p - k) / s + 1
@@ -25,7 +25,7 @@ final class MaxPoolReLU6AddTests: XCTestCase {
                                 let iy = oy * s - p + ky, ix = ox * s - p + kx
                                 guard iy >= 0, iy < x.height, ix >= 0, ix < x.width else { continue }
                                 let v = element(x, c, n, iy, ix)
-                                if best == nil || v > best! {
+                                if best == nil || v > best! || v.isNaN {
                                     best = v
                                     at = ((c * x.batch + n) * x.height + iy) * x.width + ix
                                 }
@@ -43,23 +43,30 @@ final class MaxPoolReLU6AddTests: XCTestCase {
     /// Forward against the reference on values with many ties (a few
     /// integers, all negative so the -inf padding must not win), and
     /// backward as the reference's routing of dy to the first maximum.
-    func checkMaxPool(kernel: Int, stride: Int, padding: Int, height: Int, width: Int, seed: UInt64,
+    func checkMaxPool(kernel: Int, stride: Int, padding: Int, height: Int, width: Int, seed: UInt64, nans: Int = 0,
                       file: StaticString = #filePath, line: UInt = #line) {
         let pool = MaxPool2d(kernel: kernel, stride: stride, padding: padding)
         var rng = SplitMix64(seed: seed)
         let x = OwnedMap(channels: 3, batch: 2, height: height, width: width)
         for i in 0..<x.map.count { x.map.data[i] = -Float(1 + Int(rng.nextUniform() * 3)) }
+        for _ in 0..<nans { x.map.data[rng.nextIndex(below: x.map.count)] = .nan }
         let expected = naiveMaxPool(x.map, kernel: kernel, stride: stride, padding: padding)
         let y = pool.forward(x.map)
         XCTAssertEqual([y.channels, y.batch, y.height, y.width], [3, 2, expected.height, expected.width],
                        file: file, line: line)
-        XCTAssertEqual(Array(y.buffer), expected.y, "k\(kernel) s\(stride) p\(padding) forward", file: file, line: line)
+        XCTAssertEqual(Array(y.buffer).map(\.bitPattern), expected.y.map(\.bitPattern),
+                       "k\(kernel) s\(stride) p\(padding) \(height)x\(width) forward", file: file, line: line)
         XCTAssertEqual(pool.outputSize(height: height, width: width).height, expected.height, file: file, line: line)
 
         let dy = OwnedMap(like: y, random: &rng)
         var dxExpected = [Float](repeating: 0, count: x.map.count)
         for (j, i) in expected.argmax.enumerated() { dxExpected[i] += dy.map.data[j] }
         let dx = pool.backward(dy.map)
+        guard nans == 0 else {
+            XCTAssertEqual(Array(dx.buffer).map(\.bitPattern), dxExpected.map(\.bitPattern), "dx with NaNs",
+                           file: file, line: line)
+            return
+        }
         XCTAssertEqual([dx.channels, dx.batch, dx.height, dx.width], [3, 2, height, width], file: file, line: line)
         assertAllClose(Array(dx.buffer), dxExpected, tolerance: 1e-6, "k\(kernel) s\(stride) p\(padding) dx",
                        file: file, line: line)
@@ -68,6 +75,23 @@ final class MaxPoolReLU6AddTests: XCTestCase {
     func testMaxPoolStem() {
         checkMaxPool(kernel: 3, stride: 2, padding: 1, height: 8, width: 8, seed: 1)
         checkMaxPool(kernel: 3, stride: 2, padding: 1, height: 7, width: 9, seed: 2)
+    }
+
+    /// Rows wide enough for the vector loops (4 outputs at a time) and
+    /// their scalar tails.
+    func testMaxPoolWideRows() {
+        checkMaxPool(kernel: 3, stride: 2, padding: 1, height: 19, width: 22, seed: 20)
+        checkMaxPool(kernel: 3, stride: 2, padding: 1, height: 6, width: 31, seed: 21)
+        checkMaxPool(kernel: 3, stride: 1, padding: 1, height: 9, width: 13, seed: 22)
+        checkMaxPool(kernel: 2, stride: 2, padding: 0, height: 16, width: 17, seed: 23)
+        checkMaxPool(kernel: 5, stride: 2, padding: 2, height: 7, width: 26, seed: 24)
+        checkMaxPool(kernel: 3, stride: 3, padding: 1, height: 7, width: 25, seed: 25)
+    }
+
+    /// A NaN wins its windows (the last NaN of a window, as PyTorch's scan).
+    func testMaxPoolNaN() {
+        checkMaxPool(kernel: 3, stride: 2, padding: 1, height: 9, width: 22, seed: 26, nans: 12)
+        checkMaxPool(kernel: 3, stride: 1, padding: 1, height: 6, width: 13, seed: 27, nans: 12)
     }
 
     func testMaxPoolOtherGeometries() {

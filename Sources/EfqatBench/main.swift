@@ -8,14 +8,19 @@ import Layers
 import Quantization
 import Training
 
-/// Throughput of one training step of Network-20 on 1x28x28 images: FP32,
+/// Throughput of one training step of a network (ResNet-20 by default) on 1x28x28 images: FP32,
 /// full QAT and EfQAT at several fractions, timed side by side (one step of
 /// each configuration per round), next to OpenBLAS's own GEMM speed.
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "efqat-bench",
-        abstract: "Measure training-step time of Network-20 (FP32, full QAT, EfQAT) and OpenBLAS sgemm GFLOP/s.")
+        abstract: "Measure training-step time of a network (FP32, full QAT, EfQAT) and OpenBLAS sgemm GFLOP/s.")
 
+    @Option(help: ArgumentHelp("Network: \(Architecture.allCases.map(\.rawValue).joined(separator: ", ")).",
+                               valueName: "name"))
+    var arch: Architecture = .resnet20
+    @Option(help: "Channel width multiplier of --arch.")
+    var width: Double = 1
     @Option(help: "Images per step.")
     var batch = 128
     @Option(help: "Timed steps per configuration (after 2 warm-up steps); the table shows their medians.")
@@ -73,13 +78,17 @@ struct Bench: ParsableCommand {
         }
     }
 
+    /// The network timed: --arch on 1x28x28 images, 10 classes.
+    var spec: ModelSpec { ModelSpec(architecture: arch, inputChannels: 1, classes: 10, widthMultiplier: width) }
+
     func validate() throws {
+        if let problem = spec.problem { throw ValidationError(problem) }
         if clock == .cpu && threads != 1 { throw ValidationError("--clock cpu measures one thread: use --threads 1") }
     }
 
     func run() throws {
         setBLASThreads(threads)
-        print("efqat-bench: Network-20, batch \(batch), 1x28x28, \(threads) thread(s), \(steps) timed steps, \(clock) clock, "
+        print("efqat-bench: \(spec), batch \(batch), 1x28x28, \(threads) thread(s), \(steps) timed steps, \(clock) clock, "
               + "weights: \(weights ?? "random initialisation")")
         print(gemmReport())
         let images = FloatBuffer(capacity: batch * 784)
@@ -136,10 +145,10 @@ struct Bench: ParsableCommand {
         }
     }
 
-    /// ResNet-20 with --weights or a seeded initialisation; quantized and
+    /// --arch with --weights or a seeded initialisation; quantized and
     /// calibrated on the bench batch when a policy is given.
     func model(_ policy: QuantizationPolicy? = nil, _ x: FeatureMap? = nil) throws -> Network {
-        let model = Network(ModelSpec(architecture: .resnet20, inputChannels: 1, classes: 10))
+        let model = Network(spec)
         model.initialize(seed: 1)
         if let weights {
             try ModelCheckpoint.restore(try SafeTensorsFile.read(from: weights), path: weights, into: model,
@@ -172,7 +181,7 @@ struct Bench: ParsableCommand {
         return [t1 - t0, t2 - t1, clock.now() - t2]
     }
 
-    /// sgemm GFLOP/s on a square problem and on the shape of Network-20's
+    /// sgemm GFLOP/s on a square problem and on the shape of ResNet-20's
     /// first-stage convolutions (16 x 144 x 784*batch).
     func gemmReport() -> String {
         var lines: [String] = []
@@ -192,6 +201,7 @@ struct Bench: ParsableCommand {
 }
 
 extension SelectionMode: ExpressibleByArgument {}
+extension Architecture: ExpressibleByArgument {}
 
 /// The clock step times are read from.
 enum Clock: String, ExpressibleByArgument {

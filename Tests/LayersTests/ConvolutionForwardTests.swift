@@ -81,7 +81,7 @@ final class ConvolutionForwardTests: XCTestCase {
     }
 
     /// A stride-2 3x3 convolution of one-pixel-wide maps (e.g. the last
-    /// stage of a Network on tiny images): the right tap of the kernel
+    /// stage of a ResNet on tiny images): the right tap of the kernel
     /// falls entirely into the padding.
     func testStride2OnOnePixelWideInput() {
         check(Case(inChannels: 1, outChannels: 2, kernel: 3, stride: 2, padding: 1, height: 3, width: 1, batch: 2), seed: 14)

@@ -2,7 +2,7 @@ import Kernels
 import Layers
 import XCTest
 
-/// Network's tensors follow torchvision's names, shapes and order, so
+/// ResNet-20's tensors follow torchvision's names, shapes and order, so
 /// checkpoints load in PyTorch.
 final class ResNetStructureTests: XCTestCase {
     let model = Network(ModelSpec(architecture: .resnet20, inputChannels: 1, classes: 10))

@@ -4,7 +4,7 @@ import Layers
 import Quantization
 import XCTest
 
-/// QuantizationPolicy and min-max calibration on a tiny Network.
+/// QuantizationPolicy and min-max calibration on a tiny ResNet.
 final class CalibrationTests: XCTestCase {
     /// Observed input range of every layer, recorded next to the calibrator.
     struct Calibrated {

@@ -6,7 +6,7 @@ import Quantization
 import XCTest
 
 /// AdaRound soft rounding in the weight quantizer, and block reconstruction
-/// (Genie-M / BRECQ with QDrop) on a tiny Network.
+/// (Genie-M / BRECQ with QDrop) on a tiny ResNet.
 final class ReconstructionTests: XCTestCase {
     // MARK: h(V)
 
@@ -227,7 +227,7 @@ final class ReconstructionTests: XCTestCase {
         }
     }
 
-    // MARK: Reconstruction of a tiny Network
+    // MARK: Reconstruction of a tiny ResNet
 
     /// A tiny network (by default ResNet-8 at widths 4, 8 and 16; 8x8
     /// images, 3 classes) with batch-norm running statistics of its data,

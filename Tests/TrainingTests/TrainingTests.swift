@@ -9,7 +9,7 @@ import Training
 import XCTest
 
 /// A small, learnable problem: 3 classes of 8x8 images whose class shifts
-/// the mean brightness, so a tiny Network trains in milliseconds.
+/// the mean brightness, so a tiny ResNet trains in milliseconds.
 func syntheticDataset(count: Int = 96, seed: UInt64 = 5) -> Dataset {
     var rng = SplitMix64(seed: seed)
     var pixels = [Float](repeating: 0, count: count * 64)

@@ -309,10 +309,10 @@ func metricsRecords(in folder: String, file: String = "metrics.jsonl") throws ->
 }
 
 /// The test accuracy (in %) of the summary table's QAT row, e.g. "QAT W8A8    91.20%  ...".
-func summaryQATAccuracy(_ stdout: String) -> Double? {
-    // The row of "EfQAT W8A8 cwpn p=0.1" or "QAT W8A8 (full)"; its first
-    // percentage is the test accuracy.
-    for line in stdout.split(separator: "\n") where line.hasPrefix("QAT ") || line.hasPrefix("EfQAT ") {
+func summaryQATAccuracy(_ stdout: String, rows: [String] = ["QAT ", "EfQAT "]) -> Double? {
+    // The row of "EfQAT W8A8 cwpn p=0.1" or "QAT W8A8 (full)" (or of other
+    // `rows`); its first percentage is the test accuracy.
+    for line in stdout.split(separator: "\n") where rows.contains(where: { line.hasPrefix($0) }) {
         for field in line.split(separator: " ") where field.hasSuffix("%") {
             if let value = Double(field.dropLast()) { return value }
         }

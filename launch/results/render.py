@@ -249,3 +249,33 @@ if zs_bits:
         for n, r in times:
             print(f"| {n} | {r['seconds']:.0f} s | {r['seconds_per_image']:.3f} s |")
         print()
+
+# The other architectures, each from its own FP32 model.
+architectures = [("resnet18", "ResNet-18"), ("resnet50", "ResNet-50"), ("mobilenet_v2", "MobileNetV2")]
+if any(exists(f"arch-{a}-fp32") for a, _ in architectures):
+    print("## Other architectures\n")
+    print("torchvision's ResNet-18, ResNet-50 and MobileNetV2 (`--arch`, full width) on the same data. Each trains "
+          f"its FP32 model by the default recipe on {ranks} ranks (`--qat-epochs 0`), then every row starts from "
+          "that model: W4A4 PTQ without training (single process; min-max with batch-norm re-estimation, L_p, "
+          "`--reconstruct` defaults, MixQuant's budget rule at 4 bits with reconstruction) and 3 epochs of QAT "
+          "on 2 ranks, EfQAT CWPN p = 0.1 and full QAT. First layer W8 with a float input, last W8A8. "
+          "Times are whole runs.\n")
+    rows = [("ptq-minmax", "PTQ min-max"), ("ptq-lp", "PTQ L_p"), ("ptq-reconstruction", "PTQ reconstruction"),
+            ("ptq-mixquant-reconstruction", "PTQ MixQuant + reconstruction"), ("efqat-p0.1", "EfQAT p = 0.1"),
+            ("efqat-full", "full QAT")]
+    present = [(a, label) for a, label in architectures if exists(f"arch-{a}-fp32")]
+    print("| W4A4 | " + " | ".join(label for _, label in present) + " |")
+    print("|---|" + "---|" * len(present))
+
+    def cell(run, stage):
+        if not exists(run):
+            return "-"
+        stages = summary(run)
+        s = trained(stages) if stage == "QAT" else stages[stage]
+        return f"{pct(s['accuracy'])} ({float((out / f'{run}.seconds').read_text()):.0f} s)"
+
+    print("| FP32 | " + " | ".join(cell(f"arch-{a}-fp32", "FP32") for a, _ in present) + " |")
+    for key, label in rows:
+        stage = "QAT" if key.startswith("efqat") else "PTQ"
+        print(f"| {label} | " + " | ".join(cell(f"arch-{a}-{key}", stage) for a, _ in present) + " |")
+    print()

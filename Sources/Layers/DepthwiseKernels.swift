@@ -4,11 +4,9 @@ import Kernels
 // reads exactly one input channel: one k x k filter slides over one
 // channel plane of one image. im2col + GEMM would multiply a 1 x k² row by
 // a k² x P patch matrix per channel, which costs a copy of k² times the
-// plane and a GEMM too thin to run fast; these loops read the plane in
-// place.
-//
-// Every kernel works on a zero-padded copy of its plane, so its inner
-// loops have no bounds tests.
+// plane and a GEMM too thin to run fast; these loops copy each plane once,
+// into a small zero-padded buffer that stays in cache, so that their inner
+// loops need no bounds tests.
 //
 // At stride 1 (`padPlane`), a row pitch of W + 2p lets one flat index
 // t = oy * pitch + ox address the output and every tap (t + ky * pitch +

@@ -535,7 +535,7 @@ extension Conv2d {
                             let target = dyStack + i * block
                             copyRowsPitched(dy + (o * n + first + i) * outPlane, rows: OH, width: OW, into: target,
                                             pitch: pitch)
-                            (target + OH * pitch).update(repeating: 0, count: block - OH * pitch)
+                            zeroShort(target + OH * pitch, count: block - OH * pitch)
                         }
                         filterGradientStride1(stack, pitch: pitch, dyPitched: dyStack,
                                               count: ((count - 1) * (H + 2 * p) + OH - 1) * pitch + OW, kernel: k,

@@ -4,11 +4,9 @@ import Kernels
 // reads exactly one input channel: one k x k filter slides over one
 // channel plane of one image. im2col + GEMM would multiply a 1 x k² row by
 // a k² x P patch matrix per channel, which costs a copy of k² times the
-// plane and a GEMM too thin to run fast; these loops read the plane in
-// place.
-//
-// Every kernel works on a zero-padded copy of its plane, so its inner
-// loops have no bounds tests.
+// plane and a GEMM too thin to run fast; these loops copy each plane once,
+// into a small zero-padded buffer that stays in cache, so that their inner
+// loops need no bounds tests.
 //
 // At stride 1 (`padPlane`), a row pitch of W + 2p lets one flat index
 // t = oy * pitch + ox address the output and every tap (t + ky * pitch +
@@ -33,15 +31,15 @@ func padPlane(_ source: UnsafePointer<Float>, height: Int, width: Int, pad: Int,
     guard pad > 0 else { return source }
     let pitch = width + 2 * pad
     // The top rows and the first row's left padding.
-    padded.update(repeating: 0, count: pad * pitch + pad)
+    zeroShort(padded, count: pad * pitch + pad)
     for y in 0..<height {
         let row = padded + (y + pad) * pitch + pad
-        row.update(from: source + y * width, count: width)
+        copyShort(source + y * width, into: row, count: width)
         // This row's right padding and the next row's left padding.
-        (row + width).update(repeating: 0, count: 2 * pad)
+        zeroShort(row + width, count: 2 * pad)
     }
     // The bottom rows, less the left padding written above.
-    (padded + (height + pad) * pitch + pad).update(repeating: 0, count: pad * pitch - pad)
+    zeroShort(padded + (height + pad) * pitch + pad, count: pad * pitch - pad)
     return UnsafePointer(padded)
 }
 
@@ -171,17 +169,17 @@ func splitPlane(_ source: UnsafePointer<Float>, height: Int, width: Int, pad: In
     // Stride 2: input columns 2m and 2m + 1 go to phases a and b, from
     // element m on; 8 columns at a time split into their even and odd
     // halves in vector registers. Only the padding is zeroed.
-    split.update(repeating: 0, count: pad * rowLength)
-    (split + (height + pad) * rowLength).update(repeating: 0, count: pad * rowLength)
+    zeroShort(split, count: pad * rowLength)
+    zeroShort(split + (height + pad) * rowLength, count: pad * rowLength)
     let (aStart, aCount) = (pad / 2, (width + 1) / 2), (bStart, bCount) = ((pad + 1) / 2, width / 2)
     let aPhase = (pad % 2) * phaseLength + aStart, bPhase = ((pad + 1) % 2) * phaseLength + bStart
     for y in 0..<height {
         let row = split + (y + pad) * rowLength, src = source + y * width
         let a = row + aPhase, b = row + bPhase
-        (a - aStart).update(repeating: 0, count: aStart)
-        (a + aCount).update(repeating: 0, count: phaseLength - aStart - aCount)
-        (b - bStart).update(repeating: 0, count: bStart)
-        (b + bCount).update(repeating: 0, count: phaseLength - bStart - bCount)
+        zeroShort(a - aStart, count: aStart)
+        zeroShort(a + aCount, count: phaseLength - aStart - aCount)
+        zeroShort(b - bStart, count: bStart)
+        zeroShort(b + bCount, count: phaseLength - bStart - bCount)
         var m = 0
         while 2 * m + 8 <= width {
             let v = UnsafeRawPointer(src + 2 * m).loadUnaligned(as: SIMD8<Float>.self)
@@ -385,7 +383,7 @@ func copyRows(_ source: UnsafePointer<Float>, pitch: Int, rows: Int, width: Int,
         out.update(from: source, count: rows * width)
         return
     }
-    for y in 0..<rows { (out + y * width).update(from: source + y * pitch, count: width) }
+    for y in 0..<rows { copyShort(source + y * pitch, into: out + y * width, count: width) }
 }
 
 /// Copies a dense `rows` x `width` plane into a plane of pitch `pitch`,
@@ -395,7 +393,45 @@ func copyRowsPitched(_ source: UnsafePointer<Float>, rows: Int, width: Int, into
                      pitch: Int) {
     for y in 0..<rows {
         let row = out + y * pitch
-        row.update(from: source + y * width, count: width)
-        (row + width).update(repeating: 0, count: pitch - width)
+        copyShort(source + y * width, into: row, count: width)
+        zeroShort(row + width, count: pitch - width)
+    }
+}
+
+// Rows here are short (a feature map's width, often 4 to 32 values) and
+// there are many of them: a memcpy or memset call per row costs more than
+// the copy. These stay inline: SIMD4 moves, then at most three single
+// ones (a tail loop would be turned back into a library call).
+
+/// Copies `count` values.
+@inline(__always)
+func copyShort(_ source: UnsafePointer<Float>, into target: UnsafeMutablePointer<Float>, count: Int) {
+    var i = 0
+    while i + 4 <= count {
+        UnsafeMutableRawPointer(target + i).storeBytes(
+            of: UnsafeRawPointer(source + i).loadUnaligned(as: SIMD4<Float>.self), as: SIMD4<Float>.self)
+        i += 4
+    }
+    switch count - i {
+    case 3: target[i + 2] = source[i + 2]; fallthrough
+    case 2: target[i + 1] = source[i + 1]; fallthrough
+    case 1: target[i] = source[i]
+    default: break
+    }
+}
+
+/// Writes `count` zeros.
+@inline(__always)
+func zeroShort(_ target: UnsafeMutablePointer<Float>, count: Int) {
+    var i = 0
+    while i + 4 <= count {
+        UnsafeMutableRawPointer(target + i).storeBytes(of: SIMD4<Float>.zero, as: SIMD4<Float>.self)
+        i += 4
+    }
+    switch count - i {
+    case 3: target[i + 2] = 0; fallthrough
+    case 2: target[i + 1] = 0; fallthrough
+    case 1: target[i] = 0
+    default: break
     }
 }

@@ -40,13 +40,22 @@ public enum ModelCheckpoint {
 
     /// Copies tensors into the model (and optimizer). Every expected tensor
     /// must be present with the right shape; quantizer tensors are required
-    /// only when `requireQuantizers` is set.
+    /// only when `requireQuantizers` is set. `strict` also refuses tensors
+    /// the model does not have, as PyTorch's `load_state_dict(strict=True)`.
     public static func restore(_ file: SafeTensorsFile, path: String, into model: Network,
-                               requireQuantizers: Bool, optimizer: SGD?) throws {
+                               requireQuantizers: Bool, optimizer: SGD?, strict: Bool = false) throws {
         let byName = Dictionary(file.tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        if strict {
+            let known = Set(tensors(of: model, includeQuantizers: true, optimizer: optimizer).map(\.name))
+            if let unexpected = file.tensors.map(\.name).sorted().first(where: { !known.contains($0) }) {
+                throw RunError.invalid("\(path): tensor \(unexpected) is not in a \(model.spec.details) model "
+                    + "(--arch and --width choose the network)")
+            }
+        }
         func load(_ name: String, shape: [Int], into target: UnsafeMutableBufferPointer<Float>) throws {
             guard let record = byName[name] else {
-                throw RunError.invalid("\(path): tensor \(name) is missing (was it saved from another model?)")
+                throw RunError.invalid("\(path): tensor \(name) of a \(model.spec.details) model is missing "
+                    + "(was it saved from another model?)")
             }
             guard record.shape == shape else {
                 throw RunError.invalid("\(path): tensor \(name) has shape \(record.shape), this model needs \(shape)")

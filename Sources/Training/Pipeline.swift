@@ -130,13 +130,21 @@ public final class Pipeline {
             fp32Stage.accuracy = Double(resumed.metadata["efqat.fp32_accuracy"] ?? "") ?? .nan
         } else if resumePhase == nil, options.fp32Model != nil {
             let file = try SafeTensorsFile.read(from: fp32Path)
-            try Self.checkModel(file.metadata["efqat.model"], in: fp32Path, against: spec)
-            guard file.metadata["efqat.dataset"] == options.dataset.rawValue else {
-                throw RunError.invalid("\(fp32Path): a model trained on \(file.metadata["efqat.dataset"] ?? "?"); "
-                    + "this run uses \(options.dataset.rawValue)")
+            if file.metadata["efqat.model"] == nil {
+                // A state_dict from elsewhere (PyTorch, torchvision): it must
+                // hold exactly this network's tensors, by name and shape.
+                try ModelCheckpoint.restore(file, path: fp32Path, into: model, requireQuantizers: false, optimizer: nil,
+                                            strict: true)
+                log.say("starting from the state_dict in \(fp32Path), loaded strictly as \(spec.details)")
+            } else {
+                try Self.checkModel(file.metadata["efqat.model"], in: fp32Path, against: spec)
+                guard file.metadata["efqat.dataset"] == options.dataset.rawValue else {
+                    throw RunError.invalid("\(fp32Path): a model trained on \(file.metadata["efqat.dataset"] ?? "?"); "
+                        + "this run uses \(options.dataset.rawValue)")
+                }
+                try ModelCheckpoint.restore(file, path: fp32Path, into: model, requireQuantizers: false, optimizer: nil)
+                log.say("starting from the FP32 model in \(fp32Path)")
             }
-            try ModelCheckpoint.restore(file, path: fp32Path, into: model, requireQuantizers: false, optimizer: nil)
-            log.say("starting from the FP32 model in \(fp32Path)")
             fp32Stage.name = "FP32 (given)"
             fp32Stage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
         } else if resumePhase == nil, !options.retrainFP32, let reused = try reusableFP32(modelJSON: modelJSON) {

@@ -64,6 +64,18 @@ public final class ConvNormActivation {
     }
 }
 
+extension Array where Element == ConvNormActivation {
+    /// The bricks one after another.
+    func forward(_ x: FeatureMap, training: Bool) -> FeatureMap {
+        reduce(x) { $1.forward($0, training: training) }
+    }
+
+    /// Their backward passes, last brick first.
+    func backward(_ dy: FeatureMap) -> FeatureMap {
+        reversed().reduce(dy) { $1.backward($0) }
+    }
+}
+
 /// A chain of conv-BN-activation bricks without a shortcut, optionally
 /// followed by a max-pool: a network's stem, or MobileNetV2's last 1x1
 /// convolution.
@@ -84,16 +96,11 @@ public final class ConvStem: NetworkUnit {
     public var inputLayers: [Conv2d] { [parts[0].conv] }
 
     public func forward(_ x: FeatureMap, training: Bool) -> FeatureMap {
-        var y = x
-        for part in parts { y = part.forward(y, training: training) }
+        let y = parts.forward(x, training: training)
         return pool?.forward(y) ?? y
     }
 
-    public func backward(_ dy: FeatureMap) -> FeatureMap {
-        var d = pool?.backward(dy) ?? dy
-        for part in parts.reversed() { d = part.backward(d) }
-        return d
-    }
+    public func backward(_ dy: FeatureMap) -> FeatureMap { parts.backward(pool?.backward(dy) ?? dy) }
 }
 
 /// The residual block of ResNet-18/20 (torchvision's BasicBlock):
@@ -243,16 +250,14 @@ public final class InvertedResidual: NetworkUnit {
     public var inputLayers: [Conv2d] { [parts[0].conv] }
 
     public func forward(_ x: FeatureMap, training: Bool) -> FeatureMap {
-        var y = x
-        for part in parts { y = part.forward(y, training: training) }
+        let y = parts.forward(x, training: training)
         return residual ? join.forward(y, x) : y
     }
 
     public func backward(_ dy: FeatureMap) -> FeatureMap {
-        var d = residual ? join.backward(dy) : dy
-        for part in parts.reversed() { d = part.backward(d) }
-        if residual { accumulate(dy, into: d) }
-        return d
+        let dx = parts.backward(residual ? join.backward(dy) : dy)
+        if residual { accumulate(dy, into: dx) }
+        return dx
     }
 }
 

@@ -4,7 +4,7 @@ import Layers
 /// Which output channels (weight rows) of each conv/linear layer EfQAT
 /// trains, as sorted runs of rows, one list per layer.
 ///
-/// Importance of a block of weights is its mean |w| (algorithms.md §5):
+/// Importance of a block of weights is its mean |w| (docs/efqat.md):
 /// blocks are output channels for CWPL and CWPN, whole layers for LWPN.
 /// Ties go to the earlier layer, then the lower row, so the ranking is a
 /// pure function of the weights.

@@ -1,6 +1,6 @@
 import Foundation
 
-/// How EfQAT ranks weights to decide which to train (algorithms.md §5).
+/// How EfQAT ranks weights to decide which to train (docs/efqat.md).
 /// Importance is the mean |w| of a block of weights.
 public enum SelectionMode: String, Sendable, CaseIterable, Codable {
     /// Channel-wise, per layer: in every layer, the top fraction p of its

@@ -10,7 +10,7 @@ public struct StatisticsLossValue: Sendable, Equatable {
     public var total: Double { batchNorm + inputPrior }
 }
 
-/// Genie-D's loss (the algorithm notes, section 4) of images fed to a
+/// Genie-D's loss (docs/genie.md) of images fed to a
 /// frozen teacher in evaluation mode, and its gradient with respect to the
 /// images. For every batch-norm layer l with C_l channels, on its input:
 ///

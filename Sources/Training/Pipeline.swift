@@ -114,7 +114,8 @@ public final class Pipeline {
         let unknown = options.policy.unknownLayers(in: model)
         guard unknown.isEmpty else {
             throw RunError.invalid("the quantization policy names layers this model does not have: "
-                + unknown.joined(separator: ", ") + " (layers are named like conv1, layer2.0.downsample.0, fc)")
+                + unknown.joined(separator: ", ") + " (\(spec)'s layers are \(model.layers.first!.name) ... "
+                + "\(model.layers.last!.name); `efqat-train search-bits` lists them all)")
         }
         log.say("efqat-train: \(spec) on \(options.dataset.rawValue) (\(train.count) train, \(test.count) test), "
                 + "\(communicator.size) rank(s), global batch \(options.qat.globalBatch)")

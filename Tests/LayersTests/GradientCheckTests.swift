@@ -7,38 +7,12 @@ import XCTest
 final class GradientCheckTests: XCTestCase {
     // MARK: Conv2d
 
-    /// Checks dx, dW and (when present) the bias gradient of `conv` on a
-    /// random input of the given shape.
-    func checkConvolution(_ conv: Conv2d, store: ParameterStore, batch: Int, height: Int, width: Int, seed: UInt64,
-                          file: StaticString = #filePath, line: UInt = #line) {
-        var rng = SplitMix64(seed: seed)
-        fillUniform(store.parameters[conv.weight], &rng)
-        if let b = conv.bias { fillUniform(store.parameters[b], &rng) }
-        let x = OwnedMap(channels: conv.inChannels, batch: batch, height: height, width: width, random: &rng)
-        let r = OwnedMap(like: conv.forward(x.map), random: &rng)
-        store.gradients.zero()
-        let dx = Array(conv.backward(r.map).buffer)
-        let dW = Array(store.gradients[conv.weight])
-        let loss = { weightedSum(conv.forward(x.map), r.map) }
-
-        checkGradient("\(conv.name) dx", values: x.map.data, indices: sampleIndices(60, of: x.map.count, &rng),
-                      analytic: { dx[$0] }, eps: 1e-2, loss: loss, file: file, line: line)
-        checkGradient("\(conv.name) dW", values: store.parameters.pointer(conv.weight),
-                      indices: sampleIndices(60, of: conv.weight.count, &rng),
-                      analytic: { dW[$0] }, eps: 1e-2, loss: loss, file: file, line: line)
-        if let b = conv.bias {
-            let db = Array(store.gradients[b])
-            checkGradient("\(conv.name) bias", values: store.parameters.pointer(b), indices: Array(0..<b.count),
-                          analytic: { db[$0] }, eps: 1e-2, loss: loss, file: file, line: line)
-        }
-    }
-
     func testConvolution3x3Stride1() {
         let store = ParameterStore(), workspace = Workspace()
         let conv = Conv2d(name: "conv", inChannels: 3, outChannels: 4, kernel: 3, stride: 1, padding: 1,
                           store: store, workspace: workspace)
         store.allocate()
-        checkConvolution(conv, store: store, batch: 2, height: 5, width: 6, seed: 1)
+        checkConvolutionGradients(conv, store: store, batch: 2, height: 5, width: 6, seed: 1)
     }
 
     func testConvolution3x3Stride2OddSizesInChunks() {
@@ -47,14 +21,14 @@ final class GradientCheckTests: XCTestCase {
         let conv = Conv2d(name: "conv", inChannels: 2, outChannels: 3, kernel: 3, stride: 2, padding: 1,
                           store: store, workspace: workspace)
         store.allocate()
-        checkConvolution(conv, store: store, batch: 3, height: 7, width: 5, seed: 2)
+        checkConvolutionGradients(conv, store: store, batch: 3, height: 7, width: 5, seed: 2)
     }
 
     func testConvolutionPointwise() {
         let store = ParameterStore(), workspace = Workspace()
         let conv = Conv2d(name: "conv", inChannels: 4, outChannels: 3, kernel: 1, store: store, workspace: workspace)
         store.allocate()
-        checkConvolution(conv, store: store, batch: 2, height: 3, width: 5, seed: 3)
+        checkConvolutionGradients(conv, store: store, batch: 2, height: 3, width: 5, seed: 3)
     }
 
     func testConvolutionDownsample() {
@@ -62,14 +36,14 @@ final class GradientCheckTests: XCTestCase {
         let conv = Conv2d(name: "conv", inChannels: 3, outChannels: 4, kernel: 1, stride: 2,
                           store: store, workspace: workspace)
         store.allocate()
-        checkConvolution(conv, store: store, batch: 2, height: 5, width: 6, seed: 4)
+        checkConvolutionGradients(conv, store: store, batch: 2, height: 5, width: 6, seed: 4)
     }
 
     func testLinear() {
         let store = ParameterStore(), workspace = Workspace()
         let fc = Conv2d.linear(name: "fc", inFeatures: 6, outFeatures: 4, store: store, workspace: workspace)
         store.allocate()
-        checkConvolution(fc, store: store, batch: 3, height: 1, width: 1, seed: 5)
+        checkConvolutionGradients(fc, store: store, batch: 3, height: 1, width: 1, seed: 5)
     }
 
     /// The chunked backward gives the same gradients as the one-chunk backward.
@@ -105,7 +79,7 @@ final class GradientCheckTests: XCTestCase {
         store.allocate()
         conv.swing = ReflectPadCrop()
         conv.swing?.offset = (0, 2)
-        checkConvolution(conv, store: store, batch: 2, height: 5, width: 6, seed: 14)
+        checkConvolutionGradients(conv, store: store, batch: 2, height: 5, width: 6, seed: 14)
     }
 
     // MARK: BatchNorm2d
@@ -403,23 +377,10 @@ final class GradientCheckTests: XCTestCase {
         let store = model.store
         var rng = SplitMix64(seed: 13)
         let images = OwnedMap(channels: 1, batch: 2, height: 6, width: 6, random: &rng)
-        let logits = model.forward(images.map, training: true)
-        XCTAssertEqual([logits.channels, logits.batch, logits.height, logits.width], [3, 2, 1, 1])
-        let r = OwnedMap(like: logits, random: &rng)
-        store.gradients.zero()
-        model.backward(r.map)
-        let gradients = Array(store.gradients.all)
-        let loss = { weightedSum(model.forward(images.map, training: true), r.map) }
-
         let trained = store.parameterLayout.slots.filter { [.weight, .bias, .normScale, .normShift].contains($0.role) }
         // conv1, bn1, three blocks (two with a downsample), fc.
         XCTAssertEqual(trained.count, 1 + 2 + (2 + 4) + 2 * (3 + 6) + 2)
-        var checked = 0
-        for s in trained {
-            checked += checkGradient(s.name, values: store.parameters.pointer(s),
-                                     indices: sampleIndices(4, of: s.count, &rng),
-                                     analytic: { gradients[s.offset + $0] }, eps: 1e-3, detectKinks: true, loss: loss)
-        }
+        let checked = checkNetworkGradients(model, images: images.map, training: true, perSlot: 4, label: "", rng: &rng)
         XCTAssertGreaterThan(checked, 50)
     }
 
@@ -451,20 +412,31 @@ final class GradientCheckTests: XCTestCase {
             // 16x16 images: few activations, so few ReLU and max-pool kinks
             // within a step of eps.
             let images = OwnedMap(channels: 1, batch: 2, height: 16, width: 16, random: &rng)
-            let logits = model.forward(images.map, training: false)
-            XCTAssertEqual([logits.channels, logits.batch, logits.height, logits.width], [3, 2, 1, 1])
-            let r = OwnedMap(like: logits, random: &rng)
-            store.gradients.zero()
-            model.backward(r.map)
-            let gradients = Array(store.gradients.all)
-            let loss = { weightedSum(model.forward(images.map, training: false), r.map) }
-            var checked = 0
-            for s in store.parameterLayout.slots where [.weight, .bias, .normScale, .normShift].contains(s.role) {
-                checked += checkGradient("\(architecture.rawValue) \(s.name)", values: store.parameters.pointer(s),
-                                         indices: sampleIndices(3, of: s.count, &rng),
-                                         analytic: { gradients[s.offset + $0] }, eps: 1e-3, detectKinks: true, loss: loss)
-            }
+            let checked = checkNetworkGradients(model, images: images.map, training: false, perSlot: 3,
+                                                label: architecture.rawValue + " ", rng: &rng)
             XCTAssertGreaterThan(checked, 150, architecture.rawValue)
         }
+    }
+
+    /// Every trained slot of `model` (`perSlot` coordinates each) against
+    /// central differences of L = sum(logits * r), r random; returns the
+    /// coordinates checked (kinks skipped). The logits must be [3, 2, 1, 1].
+    func checkNetworkGradients(_ model: Network, images: FeatureMap, training: Bool, perSlot: Int, label: String,
+                               rng: inout SplitMix64) -> Int {
+        let store = model.store
+        let logits = model.forward(images, training: training)
+        XCTAssertEqual([logits.channels, logits.batch, logits.height, logits.width], [3, 2, 1, 1])
+        let r = OwnedMap(like: logits, random: &rng)
+        store.gradients.zero()
+        model.backward(r.map)
+        let gradients = Array(store.gradients.all)
+        let loss = { weightedSum(model.forward(images, training: training), r.map) }
+        var checked = 0
+        for s in store.parameterLayout.slots where [.weight, .bias, .normScale, .normShift].contains(s.role) {
+            checked += checkGradient(label + s.name, values: store.parameters.pointer(s),
+                                     indices: sampleIndices(perSlot, of: s.count, &rng),
+                                     analytic: { gradients[s.offset + $0] }, eps: 1e-3, detectKinks: true, loss: loss)
+        }
+        return checked
     }
 }

@@ -236,39 +236,14 @@ final class GroupedConvolutionTests: XCTestCase {
 
     // MARK: Finite differences
 
-    /// dx, dW and (when present) the bias gradient of `conv` against
-    /// central differences of L = sum(y * r). The layer is linear in each of
-    /// them, so the differences are exact up to Float rounding of y.
-    func checkGradients(_ conv: Conv2d, store: ParameterStore, batch: Int, height: Int, width: Int, seed: UInt64,
-                        file: StaticString = #filePath, line: UInt = #line) {
-        var rng = SplitMix64(seed: seed)
-        fillUniform(store.parameters[conv.weight], &rng)
-        if let b = conv.bias { fillUniform(store.parameters[b], &rng) }
-        let x = OwnedMap(channels: conv.inChannels, batch: batch, height: height, width: width, random: &rng)
-        let r = OwnedMap(like: conv.forward(x.map), random: &rng)
-        store.gradients.zero()
-        let dx = Array(conv.backward(r.map).buffer)
-        let dW = Array(store.gradients[conv.weight])
-        let loss = { weightedSum(conv.forward(x.map), r.map) }
-        let tolerance = 1e-3
-        checkGradient("\(conv.name) dx", values: x.map.data, indices: sampleIndices(80, of: x.map.count, &rng),
-                      analytic: { dx[$0] }, eps: 1e-2, tolerance: tolerance, loss: loss, file: file, line: line)
-        checkGradient("\(conv.name) dW", values: store.parameters.pointer(conv.weight),
-                      indices: sampleIndices(80, of: conv.weight.count, &rng), analytic: { dW[$0] }, eps: 1e-2,
-                      tolerance: tolerance, loss: loss, file: file, line: line)
-        if let b = conv.bias {
-            let db = Array(store.gradients[b])
-            checkGradient("\(conv.name) bias", values: store.parameters.pointer(b), indices: Array(0..<b.count),
-                          analytic: { db[$0] }, eps: 1e-2, tolerance: tolerance, loss: loss, file: file, line: line)
-        }
-    }
-
     func checkGradients(_ c: Case, bias: Bool, seed: UInt64, file: StaticString = #filePath, line: UInt = #line) {
         let store = ParameterStore(), workspace = Workspace()
         let conv = c.make(store, workspace, bias: bias, name: "\(c) bias \(bias)")
         store.allocate()
-        checkGradients(conv, store: store, batch: c.batch, height: c.height, width: c.width, seed: seed,
-                       file: file, line: line)
+        // The layer is linear in x, W and b, so the differences are exact
+        // up to Float rounding of y: a tight tolerance.
+        checkConvolutionGradients(conv, store: store, batch: c.batch, height: c.height, width: c.width, seed: seed,
+                                  samples: 80, tolerance: 1e-3, file: file, line: line)
     }
 
     func testDepthwiseGradients() {
@@ -319,7 +294,8 @@ final class GroupedConvolutionTests: XCTestCase {
             store.allocate()
             conv.swing = ReflectPadCrop()
             conv.swing?.offset = (2, 0)
-            checkGradients(conv, store: store, batch: 2, height: 5, width: 6, seed: UInt64(95 + stride))
+            checkConvolutionGradients(conv, store: store, batch: 2, height: 5, width: 6, seed: UInt64(95 + stride),
+                                      samples: 80, tolerance: 1e-3)
         }
     }
 

@@ -197,3 +197,31 @@ extension Network {
     /// The residual blocks, in order.
     var blocks: [BasicBlock] { units.compactMap { $0 as? BasicBlock } }
 }
+
+/// Checks dx, dW and (when present) the bias gradient of `conv` against
+/// central differences of L = sum(y * r) on a random input of the given
+/// shape, `samples` coordinates of dx and of dW.
+func checkConvolutionGradients(_ conv: Conv2d, store: ParameterStore, batch: Int, height: Int, width: Int,
+                               seed: UInt64, samples: Int = 60, tolerance: Double = 1e-2,
+                               file: StaticString = #filePath, line: UInt = #line) {
+    var rng = SplitMix64(seed: seed)
+    fillUniform(store.parameters[conv.weight], &rng)
+    if let b = conv.bias { fillUniform(store.parameters[b], &rng) }
+    let x = OwnedMap(channels: conv.inChannels, batch: batch, height: height, width: width, random: &rng)
+    let r = OwnedMap(like: conv.forward(x.map), random: &rng)
+    store.gradients.zero()
+    let dx = Array(conv.backward(r.map).buffer)
+    let dW = Array(store.gradients[conv.weight])
+    let loss = { weightedSum(conv.forward(x.map), r.map) }
+
+    checkGradient("\(conv.name) dx", values: x.map.data, indices: sampleIndices(samples, of: x.map.count, &rng),
+                  analytic: { dx[$0] }, eps: 1e-2, tolerance: tolerance, loss: loss, file: file, line: line)
+    checkGradient("\(conv.name) dW", values: store.parameters.pointer(conv.weight),
+                  indices: sampleIndices(samples, of: conv.weight.count, &rng),
+                  analytic: { dW[$0] }, eps: 1e-2, tolerance: tolerance, loss: loss, file: file, line: line)
+    if let b = conv.bias {
+        let db = Array(store.gradients[b])
+        checkGradient("\(conv.name) bias", values: store.parameters.pointer(b), indices: Array(0..<b.count),
+                      analytic: { db[$0] }, eps: 1e-2, tolerance: tolerance, loss: loss, file: file, line: line)
+    }
+}

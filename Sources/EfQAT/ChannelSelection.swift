@@ -92,9 +92,11 @@ public struct ChannelSelection: Sendable, Equatable {
         zip(layers, rows.indices).reduce(0) { $0 + selectedRows(ofLayer: $1.1) * $1.0.weight.rowLength }
     }
 
-    /// Makes the layers compute dW for the selected rows only.
-    public func apply(to layers: [Conv2d]) {
-        for (layer, runs) in zip(layers, rows) { layer.gradientRows = runs }
+    /// Runs `body` (a backward pass) with `layers` computing dW for the
+    /// selected rows only; their rows are put back after.
+    @discardableResult
+    public func withRows<R>(of layers: [Conv2d], _ body: () throws -> R) rethrows -> R {
+        try layers.withGradientRows(rows, body)
     }
 
     /// The parameter spans one EfQAT step trains, in arena order: the

@@ -55,7 +55,12 @@ public final class CriticalChannels {
         selection = new
         selectedAtStep = step
         generation += 1
-        selection.apply(to: layers)
+    }
+
+    /// Runs `body` (a training step) with the layers computing dW for the
+    /// selected rows only.
+    public func withSelectedRows<R>(_ body: () throws -> R) rethrows -> R {
+        try selection.withRows(of: layers, body)
     }
 
     /// What the step trains under the current selection.
@@ -64,10 +69,5 @@ public final class CriticalChannels {
     /// Fraction of all conv/linear weights the current selection trains.
     public var trainedWeightFraction: Double {
         Double(selection.selectedWeights(layers)) / Double(layers.reduce(0) { $0 + $1.weight.count })
-    }
-
-    /// Gives every layer its full weight gradient back (after training).
-    public func release() {
-        for layer in layers { layer.gradientRows = [0..<layer.outChannels] }
     }
 }

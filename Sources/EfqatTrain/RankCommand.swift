@@ -34,35 +34,20 @@ extension RankCommand {
     func defaultThreads(cores: Int, ranksOnNode: Int) -> Int { max(1, cores / ranksOnNode) }
 
     /// The model in a file written by the train job (its FP32 weights and
-    /// running statistics), and the file with its metadata.
-    func loadModel(_ path: String) throws -> (model: Network, file: SafeTensorsFile) {
+    /// running statistics), and what the file records.
+    func loadModel(_ path: String) throws -> (model: Network, record: RunMetadata) {
         guard FileManager.default.fileExists(atPath: path) else {
             throw RunError.invalid("no model at \(path): run the train job first (efqat-train --output DIR writes "
                                    + "DIR/fp32.safetensors), or pass --model PATH")
         }
         let file = try SafeTensorsFile.read(from: path)
-        guard let configJSON = file.metadata["efqat.model"] else {
-            throw RunError.invalid("\(path): no efqat.model metadata; expected a model file written by efqat-train")
+        let record = try RunMetadata.required(file, path: path)
+        guard record.content != .syntheticImages else {
+            throw RunError.invalid("\(path): holds synthetic images, not a model")
         }
-        let spec: ModelSpec
-        do {
-            spec = try JSONDecoder().decode(ModelSpec.self, from: Data(configJSON.utf8))
-        } catch {
-            throw RunError.invalid("\(path): cannot read the model description \(configJSON): \(error)")
-        }
-        if let problem = spec.problem { throw RunError.invalid("\(path): \(problem)") }
-        let model = Network(spec)
+        if let problem = record.model.problem { throw RunError.invalid("\(path): \(problem)") }
+        let model = Network(record.model)
         try ModelCheckpoint.restore(file, path: path, into: model, requireQuantizers: false, optimizer: nil)
-        return (model, file)
-    }
-}
-
-/// Options every rank command shares.
-struct RuntimeOptions: ParsableArguments {
-    @Option(help: "OpenBLAS threads per rank (default: the node's cores shared by its ranks; synthesize: 1).")
-    var threads: Int?
-
-    func validate() throws {
-        if let threads, threads <= 0 { throw ValidationError("--threads must be positive, got \(threads)") }
+        return (model, record)
     }
 }

@@ -29,8 +29,7 @@ struct SearchBitsCommand: RankCommand {
         under MPI every rank computes the same result and rank 0 prints it. See docs/mixquant.md.
         """)
 
-    @Option(help: "The FP32 model file written by the train job.")
-    var model = "runs/default/fp32.safetensors"
+    @OptionGroup(title: "Run folder") var folder: RunFolderOptions
 
     @Option(help: "Selection rule: threshold:<multiplier >= 1> or budget:<mean weight bits> (default: threshold:1.5).",
             transform: { try MixQuantRule(parsing: $0) })
@@ -51,13 +50,13 @@ struct SearchBitsCommand: RankCommand {
     @Flag(help: "Also search the first and last layer (otherwise kept at 8 bits).")
     var includeFirstLast = false
 
-    @Option(help: "Also write the result as JSON to this file.")
-    var output: String?
+    @Option(help: ArgumentHelp("Also write the result as JSON to this file.", valueName: "path"))
+    var jsonFile: String?
 
     @Option(help: "What to print: table or json.")
     var format: OutputFormat = .table
 
-    @OptionGroup var runtime: RuntimeOptions
+    @OptionGroup(title: "Runtime") var runtime: RuntimeOptions
 
     enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
         case table, json
@@ -71,7 +70,8 @@ struct SearchBitsCommand: RankCommand {
     }
 
     func run(communicator: Communicator) throws {
-        let (network, file) = try loadModel(model)
+        let model = folder.modelPath
+        let (network, record) = try loadModel(model)
 
         var calibration = CalibrationOptions()
         calibration.weights = weightCalibration
@@ -82,18 +82,18 @@ struct SearchBitsCommand: RankCommand {
                                          calibration: calibration)
         guard communicator.isRoot else { return }
         let json = try result.json()
-        if let output {
-            let url = URL(fileURLWithPath: output)
+        if let jsonFile {
+            let url = URL(fileURLWithPath: jsonFile)
             try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
             try (json + "\n").write(to: url, atomically: true, encoding: .utf8)
         }
         switch format {
         case .table:
             FileHandleOutput.standardOutput.write(
-                "\(model): \(network.spec), phase \(file.metadata["efqat.phase"] ?? "?")\n"
+                "\(model): \(network.spec), \(record.content.rawValue)\n"
                 + result.render() + "\n"
                 + "layer bits (for --layer-bits): \(result.layerBitsArgument)\n"
-                + (output.map { "wrote \($0)\n" } ?? ""))
+                + (jsonFile.map { "wrote \($0)\n" } ?? ""))
         case .json:
             FileHandleOutput.standardOutput.write(json + "\n")
         }

@@ -20,8 +20,8 @@ struct SynthesizeCommand: RankCommand {
         convolution). Latents: Adam lr 0.1, reduced x0.1 after 100 iterations without improvement (down to 1e-4); \
         generator: Adam lr 0.01, x0.95 every 100 iterations.
 
-        The defaults are sized for a small CPU machine. The reference setting is --images 1024 --batch-size 128 \
-        --iterations 4000.
+        The defaults are sized for a small CPU machine. The reference setting is --zero-shot-images 1024 \
+        --synthesis-batch-size 128 --synthesis-iterations 4000.
 
         Batches are independent and split over the ranks; each batch's randomness derives from --seed and its \
         index only, so any number of ranks writes the same images. Rank 0 rewrites --output/genie.safetensors \
@@ -30,39 +30,19 @@ struct SynthesizeCommand: RankCommand {
         batch go to --output/genie.jsonl, and a grid of samples to --grid-png. See docs/genie.md.
         """)
 
-    @Option(help: "Folder of the train job: the model is read from here and the data set written here.")
-    var output = "runs/default"
-
-    @Option(help: "The FP32 model file (default: --output/fp32.safetensors).")
-    var model: String?
-
-    @Option(help: "Images to synthesise, a multiple of --batch-size (reference: 1024).")
-    var images = SynthesisOptions().images
-
-    @Option(help: "Images per batch; each batch has its own generator and latents (reference: 128).")
-    var batchSize = SynthesisOptions().batchSize
-
-    @Option(help: "Optimisation steps per batch (reference: 4000).")
-    var iterations = SynthesisOptions().iterations
-
-    @Option(help: "Seed of the generators, latents and swing offsets; with the batch index it decides each batch.")
-    var seed: UInt64 = 0
+    @OptionGroup(title: "Run folder") var folder: RunFolderOptions
+    @OptionGroup(title: "Genie-D synthesis") var synthesis: SynthesisArguments
 
     @Option(help: "PNG file with a grid of up to 64 samples (default: --output/genie-samples.png).")
     var gridPng: String?
 
-    @Option(help: "Log a progress line every N iterations when not on a terminal.")
-    var logEvery = 25
+    @OptionGroup(title: "Job") var job: JobOptions
+    @OptionGroup(title: "Runtime") var runtime: RuntimeOptions
 
-    @OptionGroup var runtime: RuntimeOptions
-
-    var options: SynthesisOptions {
-        SynthesisOptions(images: images, batchSize: batchSize, iterations: iterations, seed: seed)
-    }
+    var options: SynthesisOptions { synthesis.options(seed: job.seed) }
 
     func validate() throws {
         if let problem = options.problem { throw ValidationError(problem) }
-        if logEvery <= 0 { throw ValidationError("--log-every must be positive, got \(logEvery)") }
     }
 
     /// One: OpenBLAS's multi-threaded GEMMs round differently from its
@@ -71,12 +51,9 @@ struct SynthesizeCommand: RankCommand {
     func defaultThreads(cores: Int, ranksOnNode: Int) -> Int { 1 }
 
     func run(communicator: Communicator) throws {
-        let modelPath = model ?? output + "/fp32.safetensors"
-        let (teacher, file) = try loadModel(modelPath)
-        guard let dataset = file.metadata["efqat.dataset"].flatMap(DatasetFormat.init(rawValue:)) else {
-            throw RunError.invalid("\(modelPath): no known efqat.dataset in its metadata, so the image size is unknown")
-        }
-        let (height, width) = dataset.imageSize
+        let (output, modelPath, logEvery) = (folder.output, folder.modelPath, job.logEvery)
+        let (teacher, record) = try loadModel(modelPath)
+        let (height, width) = record.dataset.imageSize
         let log = RunLog(active: communicator.isRoot, metricsPath: output + "/genie.jsonl")
         if communicator.isRoot { try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true) }
         let path = output + "/genie.safetensors"
@@ -87,8 +64,8 @@ struct SynthesizeCommand: RankCommand {
 
         let report = try synthesizeDataset(
             teacher: teacher, height: height, width: width, options: options, communicator: communicator,
-            path: path, metadata: ["efqat.model": file.metadata["efqat.model"] ?? "", "efqat.dataset": dataset.rawValue,
-                                   "genie.teacher": modelPath]) { event in
+            path: path, metadata: RunMetadata.syntheticImages(teacher: teacher.spec, dataset: record.dataset,
+                                                              teacherPath: modelPath).entry) { event in
             reportSynthesis(event, log: log, path: path, batches: options.batches, logEvery: logEvery)
         }
         guard communicator.isRoot else { return }

@@ -15,6 +15,17 @@ extension Array where Element == Conv2d {
         return try body()
     }
 
+    /// Runs `body` with layer l's `gradientRows` set to `rows[l]`.
+    @discardableResult
+    public func withGradientRows<R>(_ rows: [[Range<Int>]], _ body: () throws -> R) rethrows -> R {
+        precondition(rows.count == count, "one list of rows per layer")
+        var index = 0
+        return try withGradientRows({ _ in
+            defer { index += 1 }
+            return rows[index]
+        }, body)
+    }
+
     /// Runs `body` with every layer computing dW for all its rows.
     @discardableResult
     public func withAllGradientRows<R>(_ body: () throws -> R) rethrows -> R {

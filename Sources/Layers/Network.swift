@@ -23,9 +23,15 @@ public protocol NetworkUnit: AnyObject {
     /// Adds the unit's parameter gradients into the gradient arena and
     /// returns dL/dx of the last forward.
     func backward(_ dy: FeatureMap) -> FeatureMap
+    /// The batch norm that ends a residual branch, whose output is added to
+    /// the shortcut (nil: the unit has none). Zeroing its scale makes the
+    /// unit start as the identity (`initialize(seed:zeroInitResidual:)`).
+    var residualBranchNorm: BatchNorm2d? { get }
 }
 
 extension NetworkUnit {
+    public var residualBranchNorm: BatchNorm2d? { nil }
+
     /// The slots whose gradients `backward` adds to.
     public var trainableSlots: [ParameterSlot] {
         convolutions.flatMap(\.trainableSlots) + batchNorms.flatMap(\.trainableSlots)
@@ -100,7 +106,7 @@ public final class Network {
     /// weights, BN gamma 1 and beta 0, linear layers as the architecture
     /// says. Each tensor draws from its own stream of `seed` (the layer's
     /// index), so the result depends on nothing else.
-    public func initialize(seed: UInt64) {
+    public func initialize(seed: UInt64, zeroInitResidual: Bool = false) {
         store.parameters.zero()
         store.state.zero()
         for (index, layer) in layers.enumerated() {
@@ -124,6 +130,9 @@ public final class Network {
             }
         }
         for norm in batchNorms { norm.reset() }
+        if zeroInitResidual {
+            for norm in units.compactMap(\.residualBranchNorm) { store.parameters[norm.weight].update(repeating: 0) }
+        }
     }
 
     /// Images in CNHW layout -> logits [classes, N, 1, 1].

@@ -138,6 +138,7 @@ public final class BasicBlock: NetworkUnit {
 
     public var convolutions: [Conv2d] { [conv1, conv2] + (downsample.map { [$0.conv] } ?? []) }
     public var batchNorms: [BatchNorm2d] { [bn1, bn2] + (downsample.map { [$0.norm] } ?? []) }
+    public var residualBranchNorm: BatchNorm2d? { bn2 }
     public var inputLayers: [Conv2d] { [conv1] + (downsample.map { [$0.conv] } ?? []) }
 
     public func forward(_ x: FeatureMap, training: Bool) -> FeatureMap {
@@ -193,6 +194,7 @@ public final class Bottleneck: NetworkUnit {
 
     public var convolutions: [Conv2d] { [reduce.conv, spatial.conv, expand.conv] + (downsample.map { [$0.conv] } ?? []) }
     public var batchNorms: [BatchNorm2d] { [reduce.norm, spatial.norm, expand.norm] + (downsample.map { [$0.norm] } ?? []) }
+    public var residualBranchNorm: BatchNorm2d? { expand.norm }
     public var inputLayers: [Conv2d] { [reduce.conv] + (downsample.map { [$0.conv] } ?? []) }
 
     public func forward(_ x: FeatureMap, training: Bool) -> FeatureMap {
@@ -247,6 +249,7 @@ public final class InvertedResidual: NetworkUnit {
 
     public var convolutions: [Conv2d] { parts.map(\.conv) }
     public var batchNorms: [BatchNorm2d] { parts.map(\.norm) }
+    public var residualBranchNorm: BatchNorm2d? { residual ? parts.last!.norm : nil }
     public var inputLayers: [Conv2d] { [parts[0].conv] }
 
     public func forward(_ x: FeatureMap, training: Bool) -> FeatureMap {

@@ -478,7 +478,7 @@ private final class UnitTrainer {
                     dy.data[i] = 2 * scale * d
                 }
                 localLoss *= Double(scale)
-                unit.backward(dy)
+                _ = unit.backward(dy)  // the parameter gradients; dL/dx is not needed
             }
 
             // Pack, reduce over ranks.

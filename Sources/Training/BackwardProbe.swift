@@ -1,5 +1,6 @@
 import Data
 import Distributed
+import EfQAT
 import Kernels
 import Layers
 
@@ -7,9 +8,9 @@ import Layers
 /// measured side by side on the same micro-batch after training, so a
 /// run's summary can say what the selection saved on this machine.
 ///
-/// The probe leaves the model as it found it: full QAT's rows are set only
-/// inside a scope, and it drops the batch statistics its forward passes gathered
-/// and zeroes the gradients.
+/// The probe leaves the model as it found it: each configuration's rows are
+/// set only inside a scope, and it drops the batch statistics its forward
+/// passes gathered and zeroes the gradients.
 public struct BackwardProbe: Sendable {
     /// Seconds per backward pass of one micro-batch, averaged over ranks.
     public var selected: Double
@@ -22,8 +23,8 @@ public struct BackwardProbe: Sendable {
     /// Runs `repetitions` rounds of (selected, full) backward passes on a
     /// seeded micro-batch of `images` (those the phase trained on) and keeps
     /// each configuration's fastest.
-    public static func compare(_ model: Network, images: ImageSet, microBatch: Int, seed: UInt64,
-                               communicator: Communicator, repetitions: Int = 3) -> BackwardProbe {
+    public static func compare(_ model: Network, selection: ChannelSelection, images: ImageSet, microBatch: Int,
+                               seed: UInt64, communicator: Communicator, repetitions: Int = 3) -> BackwardProbe {
         var rng = SplitMix64(seed: seed, stream: [0x5052_4F42])
         let indices = Array(rng.permutation(images.count).prefix(microBatch))
         let pixels = FloatBuffer(capacity: indices.count * images.sampleSize)
@@ -43,7 +44,7 @@ public struct BackwardProbe: Sendable {
         }
         var best = [Double.infinity, Double.infinity]
         for _ in 0..<repetitions {
-            best[0] = min(best[0], timeBackward())
+            best[0] = min(best[0], selection.withRows(of: model.layers, timeBackward))
             best[1] = min(best[1], model.layers.withAllGradientRows(timeBackward))
         }
         for norm in model.batchNorms { norm.discardPendingStatistics() }

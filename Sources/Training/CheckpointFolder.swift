@@ -96,8 +96,8 @@ public struct CheckpointFolder: Sendable {
         for (_, file) in checkpoints() {
             do {
                 let bytes = try SafeTensorsFile.readBytes(from: file)
-                let phase = try SafeTensorsFile(decoding: bytes, path: file).metadata["efqat.phase"]
-                guard phase.flatMap(CheckpointPosition.Phase.init(rawValue:)) != nil else {
+                let record = try RunMetadata.of(try SafeTensorsFile(decoding: bytes, path: file), path: file)
+                guard record?.content.resumablePhase != nil, record?.training != nil else {
                     warn("skipping \(file): not a training checkpoint (no resumable phase in its metadata)")
                     continue
                 }

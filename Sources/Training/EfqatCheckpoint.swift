@@ -5,11 +5,9 @@ import EfQAT
 /// rows until its next re-ranking:
 ///
 /// - `efqat.trainable_rows.<layer>`: uint8 [out_channels], 1 where trained;
-/// - metadata `efqat.efqat` (mode, p, refresh) and `efqat.selection_step`
-///   (the phase step at which the selection was made).
+/// - `RunMetadata.efqat`: the settings (mode, p, refresh) and the phase step
+///   at which the selection was made.
 public enum EfqatCheckpoint {
-    public static let settingsKey = "efqat.efqat"
-    public static let selectionStepKey = "efqat.selection_step"
     public static let maskPrefix = "efqat.trainable_rows."
 
     /// Nothing before the first selection.
@@ -20,22 +18,20 @@ public enum EfqatCheckpoint {
         }
     }
 
-    public static func metadata(of channels: CriticalChannels) -> [String: String] {
-        guard let step = channels.selectedAtStep else { return [:] }
-        return [settingsKey: channels.options.description, selectionStepKey: String(step)]
+    public static func metadata(of channels: CriticalChannels) -> RunMetadata.EfqatSelection? {
+        channels.selectedAtStep.map { RunMetadata.EfqatSelection(settings: channels.options.description, selectedAtStep: $0) }
     }
 
     /// Restores the saved selection; a checkpoint from before the first
     /// step has none, and the run then selects afresh. Other EfQAT settings
     /// than the run's are refused: the resumed run would not be the one
     /// that was interrupted.
-    public static func restore(_ file: SafeTensorsFile, path: String, into channels: CriticalChannels) throws {
-        guard let saved = file.metadata[settingsKey] else { return }
-        guard saved == channels.options.description else {
-            throw RunError.invalid("\(path): checkpoint trained EfQAT \(saved), this run asks for \(channels.options.description)")
-        }
-        guard let step = Int(file.metadata[selectionStepKey] ?? "") else {
-            throw RunError.invalid("\(path): metadata has EfQAT settings but no \(selectionStepKey)")
+    public static func restore(_ file: SafeTensorsFile, metadata: RunMetadata, path: String,
+                               into channels: CriticalChannels) throws {
+        guard let saved = metadata.efqat else { return }
+        guard saved.settings == channels.options.description else {
+            throw RunError.invalid("\(path): checkpoint trained EfQAT \(saved.settings), this run asks for "
+                                   + channels.options.description)
         }
         let masks: [[UInt8]] = try channels.layers.map { layer in
             let name = maskPrefix + layer.name
@@ -44,6 +40,6 @@ public enum EfqatCheckpoint {
             }
             return mask
         }
-        channels.restore(ChannelSelection(masks: masks), selectedAt: step)
+        channels.restore(ChannelSelection(masks: masks), selectedAt: saved.selectedAtStep)
     }
 }

@@ -15,6 +15,13 @@ public struct PipelineOptions: Sendable {
     /// The network to build; its input channels and classes come from the data set.
     public var architecture: Architecture = .resnet20
     public var widthMultiplier: Double = 1
+    /// Start every residual branch's last batch-norm scale at 0, so each
+    /// block begins as the identity (part of the FP32 recipe).
+    public var zeroInitResidual = false
+    /// The run's one seed: initialisation, data order, the calibration,
+    /// reconstruction and zero-shot subsets, Genie-D synthesis. The pipeline
+    /// gives it to every stage in place of the stage options' own.
+    public var seed: UInt64 = 0
     public var fp32: PhaseOptions
     public var qat: PhaseOptions
     public var policy: QuantizationPolicy
@@ -71,9 +78,10 @@ public struct StageResult: Sendable {
     public init(name: String) { self.name = name }
 }
 
-/// The default job: pre-train (or reuse) the FP32 model, calibrate fake
-/// quantization, evaluate the PTQ model, run QAT, evaluate and save.
-/// Every rank runs it; rank 0 alone writes files and talks.
+/// The default job, stage by stage: the FP32 model (trained, reused or
+/// given), PTQ (MixQuant, calibration, batch-norm re-estimation or block
+/// reconstruction), QAT (EfQAT or full), then evaluation and the final
+/// files. Every rank runs it; rank 0 alone writes files and talks.
 public final class Pipeline {
     public let options: PipelineOptions
     private let communicator: Communicator
@@ -94,23 +102,73 @@ public final class Pipeline {
     private var fp32Path: String { options.fp32Model ?? options.outputDirectory + "/fp32.safetensors" }
     private var finalPath: String { options.outputDirectory + "/final.safetensors" }
 
+    /// What the stages of one run share.
+    private struct Run {
+        let train: Dataset
+        let test: Dataset
+        let model: Network
+        /// The checkpoint the run continues from, until a stage has restored it.
+        var resumed: ResumedCheckpoint?
+    }
+
+    private struct ResumedCheckpoint {
+        let path: String
+        let file: SafeTensorsFile
+        let metadata: RunMetadata
+        var phase: CheckpointPosition.Phase { metadata.content.resumablePhase! }
+    }
+
+    /// What quantization starts from: the bits, and the images the
+    /// quantization stages see (the training set's, or a zero-shot set).
+    private struct QuantizationSetup {
+        let bitsLabel: String
+        let images: ImageSet
+        let zeroShot: (data: ZeroShotData, teacher: Distillation)?
+        var dataLabel: String
+    }
+
     @discardableResult
     public func run() throws -> [StageResult] {
         let started = Date()
+        var run = try startRun()
+        let fp32 = try fp32Stage(&run)
+        results.append(fp32)
+        let setup = try quantizationSetup(run)
+        let channels = CriticalChannels(layers: run.model.layers, store: run.model.store, options: options.efqat)
+        let trainer = try qatTrainer(run, setup, channels: channels)
+        let ptq = try ptqStage(run, setup, trainer: trainer, channels: channels)
+        results.append(ptq)
+        var record = runMetadata(.quantizedModel, model: run.model)
+        record.fp32Accuracy = fp32.accuracy
+        record.ptqAccuracy = ptq.accuracy
+        record.zeroShot = setup.zeroShot?.data.description
+        let (report, backward) = try qatStage(run, setup, trainer: trainer, channels: channels, record: record)
+        try finish(run, record: record, channels: channels)
+        printSummary(totalSeconds: Date().timeIntervalSince(started),
+                     efqat: efqatComparison(model: run.model, report: report, backward: backward),
+                     zeroShot: setup.zeroShot?.data)
+        return results
+    }
+
+    // MARK: Stages
+
+    /// Checks the job, loads the data, builds the network and finds the
+    /// checkpoint to resume.
+    private func startRun() throws -> Run {
         if let failure = options.injectFailure, failure.rank >= communicator.size {
             throw RunError.invalid("--inject-failure: rank \(failure.rank) does not exist in a job of \(communicator.size)")
         }
         if communicator.isRoot { try checkpoints.checkWritable() }
         var (train, test) = try options.dataset.load(from: options.dataDirectory)
         if let limit = options.trainSamples, limit < train.count {
-            var rng = SplitMix64(seed: options.fp32.seed, stream: [0x5355_4253])
+            var rng = SplitMix64(seed: options.seed, stream: [0x5355_4253])
             train = train.subset(rng.permutation(train.count).prefix(limit).sorted())
         }
         let spec = ModelSpec(architecture: options.architecture, inputChannels: train.channels, classes: train.classes,
                              widthMultiplier: options.widthMultiplier)
         if let problem = spec.problem { throw RunError.invalid(problem) }
         let model = Network(spec)
-        model.initialize(seed: options.fp32.seed)
+        model.initialize(seed: options.seed, zeroInitResidual: options.zeroInitResidual)
         let unknown = options.policy.unknownLayers(in: model)
         guard unknown.isEmpty else {
             throw RunError.invalid("the quantization policy names layers this model does not have: "
@@ -119,163 +177,202 @@ public final class Pipeline {
         }
         log.say("efqat-train: \(spec) on \(options.dataset.rawValue) (\(train.count) train, \(test.count) test), "
                 + "\(communicator.size) rank(s), global batch \(options.qat.globalBatch)")
+        return Run(train: train, test: test, model: model,
+                   resumed: try loadResumeCheckpoint(spec: spec, trainSamples: train.count))
+    }
 
-        let modelJSON = Self.json(spec)
-        let resumed = try loadResumeCheckpoint(spec: spec, trainSamples: train.count)
-        var resumePhase = resumed?.metadata["efqat.phase"]
-
-        // 1. FP32 model.
-        var fp32Stage = StageResult(name: "FP32")
-        if resumePhase == "qat", let resumed {
-            fp32Stage.name = "FP32 (earlier run)"
-            fp32Stage.accuracy = Double(resumed.metadata["efqat.fp32_accuracy"] ?? "") ?? .nan
-        } else if resumePhase == nil, options.fp32Model != nil {
-            let file = try SafeTensorsFile.read(from: fp32Path)
-            if file.metadata["efqat.model"] == nil {
-                // A state_dict from elsewhere (PyTorch, torchvision): it must
-                // hold exactly this network's tensors, by name and shape.
-                try ModelCheckpoint.restore(file, path: fp32Path, into: model, requireQuantizers: false, optimizer: nil,
-                                            strict: true)
-                log.say("starting from the state_dict in \(fp32Path), loaded strictly as \(spec.details)")
-            } else {
-                try Self.checkModel(file.metadata["efqat.model"], in: fp32Path, against: spec)
-                guard file.metadata["efqat.dataset"] == options.dataset.rawValue else {
-                    throw RunError.invalid("\(fp32Path): a model trained on \(file.metadata["efqat.dataset"] ?? "?"); "
-                        + "this run uses \(options.dataset.rawValue)")
-                }
-                try ModelCheckpoint.restore(file, path: fp32Path, into: model, requireQuantizers: false, optimizer: nil)
-                log.say("starting from the FP32 model in \(fp32Path)")
-            }
-            fp32Stage.name = "FP32 (given)"
-            fp32Stage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
-        } else if resumePhase == nil, !options.retrainFP32, let reused = try reusableFP32(modelJSON: modelJSON) {
+    /// 1. The FP32 model: from the resumed QAT checkpoint's run, given by
+    /// `--model`, reused from the output folder, or trained (and saved).
+    private func fp32Stage(_ run: inout Run) throws -> StageResult {
+        let model = run.model
+        var stage = StageResult(name: "FP32")
+        if let resumed = run.resumed, resumed.phase == .qat {
+            stage.name = "FP32 (earlier run)"
+            stage.accuracy = resumed.metadata.fp32Accuracy ?? .nan
+        } else if run.resumed == nil, options.fp32Model != nil {
+            try loadGivenFP32(into: model)
+            stage.name = "FP32 (given)"
+            stage.accuracy = evaluate(model, on: run.test, communicator: communicator).accuracy
+        } else if run.resumed == nil, !options.retrainFP32, let reused = try reusableFP32(spec: model.spec) {
             try ModelCheckpoint.restore(reused, path: fp32Path, into: model, requireQuantizers: false, optimizer: nil)
             log.say("reusing the FP32 model in \(fp32Path) (--retrain-fp32 trains a new one)")
-            fp32Stage.name = "FP32 (reused)"
-            fp32Stage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
+            stage.name = "FP32 (reused)"
+            stage.accuracy = evaluate(model, on: run.test, communicator: communicator).accuracy
         } else {
-            let trainer = try Trainer(model: model, data: train, options: options.fp32, communicator: communicator, log: log)
-            if resumePhase == "fp32", let resumed {
+            let trainer = try Trainer(model: model, data: run.train, options: seeded(options.fp32),
+                                      communicator: communicator, log: log)
+            if let resumed = run.resumed {
                 try restore(resumed, into: model, trainer: trainer, quantized: false)
-                resumePhase = nil
+                run.resumed = nil
             }
             let report = try trainer.run(checkpointEvery: options.checkpointEvery) { t in
-                try self.saveRunCheckpoint(model: model, trainer: t, phase: .fp32, extra: [:])
+                try self.saveRunCheckpoint(model: model, trainer: t, record: self.runMetadata(.fp32Checkpoint, model: model))
             }
-            fp32Stage.seconds = report.seconds
-            fp32Stage.training = report
-            fp32Stage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
+            stage.seconds = report.seconds
+            stage.training = report
+            stage.accuracy = evaluate(model, on: run.test, communicator: communicator).accuracy
+            var record = runMetadata(.fp32Model, model: model)
+            record.fp32Recipe = fp32Recipe
+            record.fp32Accuracy = stage.accuracy
             try rootWrites {
                 let tensors = ModelCheckpoint.tensors(of: model, includeQuantizers: false, optimizer: nil)
-                try SafeTensorsFile(tensors: tensors, metadata: self.metadata(model: modelJSON, phase: "fp32-final", extra: [
-                    "efqat.fp32_recipe": self.fp32Recipe, "efqat.fp32_accuracy": String(fp32Stage.accuracy),
-                ])).write(to: self.fp32Path)
+                try SafeTensorsFile(tensors: tensors, metadata: record.entry).write(to: self.fp32Path)
             }
         }
-        results.append(fp32Stage)
-        log.say(String(format: "FP32 test accuracy %.2f%%", fp32Stage.accuracy * 100))
-        log.record("eval", ["stage": "fp32", "accuracy": fp32Stage.accuracy])
+        log.say(String(format: "FP32 test accuracy %.2f%%", stage.accuracy * 100))
+        log.record("eval", ["stage": "fp32", "accuracy": stage.accuracy])
+        return stage
+    }
 
-        // 2. Calibration (PTQ), unless a QAT checkpoint carries it.
+    /// `--model`: an FP32 model file of efqat-train for this network and
+    /// data set, or a state_dict from elsewhere (PyTorch, torchvision) that
+    /// must hold exactly this network's tensors, by name and shape.
+    private func loadGivenFP32(into model: Network) throws {
+        let file = try SafeTensorsFile.read(from: fp32Path)
+        if let record = try RunMetadata.of(file, path: fp32Path) {
+            try record.check(model: model.spec, in: fp32Path)
+            guard record.dataset == options.dataset else {
+                throw RunError.invalid("\(fp32Path): a model trained on \(record.dataset.rawValue); "
+                    + "this run uses \(options.dataset.rawValue)")
+            }
+            try ModelCheckpoint.restore(file, path: fp32Path, into: model, requireQuantizers: false, optimizer: nil)
+            log.say("starting from the FP32 model in \(fp32Path)")
+        } else {
+            try ModelCheckpoint.restore(file, path: fp32Path, into: model, requireQuantizers: false, optimizer: nil,
+                                        strict: true)
+            log.say("starting from the state_dict in \(fp32Path), loaded strictly as \(model.spec.details)")
+        }
+    }
+
+    /// 2a. The bits (MixQuant's search on the FP32 weights when asked), and
+    /// for zero-shot runs the images and the FP32 teacher, made while the
+    /// model still holds the FP32 weights; then the quantizers go in.
+    private func quantizationSetup(_ run: Run) throws -> QuantizationSetup {
+        let model = run.model
+        let resumedQAT = run.resumed.flatMap { $0.phase == .qat ? $0 : nil }
         var policy = options.policy
         var bitsLabel = "W\(policy.weightBits)A\(policy.activationBits)"
         if let mixQuant = options.mixQuant {
             // The search needs FP32 weights, which a QAT resume has not loaded.
-            let fp32Model = resumePhase == "qat" ? try fp32Copy(of: model, fromFile: true) : model
+            let fp32Model = try fp32Copy(of: model, fromFile: resumedQAT != nil)
             let search = try MixQuant.search(fp32Model, policy: policy, options: mixQuant, calibration: options.calibration)
             policy.overrides = search.overrides.merging(policy.overrides) { _, explicit in explicit }
             log.say(search.render())
             log.record("mixquant", search.record)
             bitsLabel = String(format: "MixQuant W%.2fA%d", search.meanBits, policy.activationBits)
         }
-        // Zero-shot: from here on the stages see images only, and the FP32
-        // model teaches QAT.
         let zeroShot = try options.zeroShot.map {
-            try prepareZeroShot($0, model: model, train: train, resumedQAT: resumePhase == "qat" ? resumed : nil)
+            try prepareZeroShot($0, model: model, train: run.train, resumedQAT: resumedQAT)
         }
-        let images = zeroShot?.data.images ?? ImageSet(train)
-        let dataLabel = options.zeroShot.map { " (zero-shot, \($0.source.rawValue))" } ?? ""
-
         policy.apply(to: model)
-        var ptqStage = StageResult(name: "PTQ \(bitsLabel)\(dataLabel)")
-        let channels = CriticalChannels(layers: model.layers, store: model.store, options: options.efqat)
-        let qatTrainer = try zeroShot.map {
-            try Trainer(model: model, images: images, distillation: $0.teacher, options: options.qat,
-                        communicator: communicator, log: log, channels: channels)
-        } ?? Trainer(model: model, data: train, options: options.qat, communicator: communicator, log: log,
-                     channels: channels)
-        if resumePhase == "qat", let resumed {
-            try restore(resumed, into: model, trainer: qatTrainer, quantized: true)
-            try EfqatCheckpoint.restore(resumed, path: resumedPath ?? "", into: channels)
-            ptqStage.accuracy = Double(resumed.metadata["efqat.ptq_accuracy"] ?? "") ?? .nan
-        } else {
-            let t0 = Date()
-            calibrate(model, on: images)
-            // Reconstruction matches each block to the FP32 model's output
-            // with the FP32 running statistics, which already corrects what
-            // re-estimation would (re-estimating before it corrupts its
-            // targets, after it measured 1 point worse at W3A3).
-            if let reconstruction = options.reconstruction {
-                reconstruct(model, on: images, options: reconstruction)
-            } else if options.reestimateBatchNorm {
-                reestimateBatchNormStatistics(model, communicator: communicator) {
-                    forwardCalibrationSamples(model, images, training: true)
-                }
-            }
-            ptqStage.seconds = Date().timeIntervalSince(t0)
-            ptqStage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
-        }
-        results.append(ptqStage)
-        log.say(String(format: "PTQ %@ test accuracy %.2f%% (weights %@, activations %@, %d calibration images%@)",
-                       bitsLabel, ptqStage.accuracy * 100, options.calibration.weights.rawValue,
-                       options.calibration.activations.rawValue, min(options.calibrationSamples, images.count),
-                       zeroShot.map { " of " + $0.data.description } ?? ""))
-        log.record("eval", ["stage": "ptq", "accuracy": ptqStage.accuracy])
+        return QuantizationSetup(bitsLabel: bitsLabel, images: zeroShot?.data.images ?? ImageSet(run.train),
+                                 zeroShot: zeroShot,
+                                 dataLabel: options.zeroShot.map { " (zero-shot, \($0.source.rawValue))" } ?? "")
+    }
 
-        // 3. QAT: EfQAT trains the critical channels (all of them at p = 1).
-        var extra = ["efqat.fp32_accuracy": String(fp32Stage.accuracy), "efqat.ptq_accuracy": String(ptqStage.accuracy)]
-        extra["efqat.zero_shot"] = zeroShot?.data.description
+    /// The QAT phase's trainer: on labelled data, or by distillation from
+    /// the FP32 teacher on the zero-shot images.
+    private func qatTrainer(_ run: Run, _ setup: QuantizationSetup, channels: CriticalChannels) throws -> Trainer {
+        let phase = seeded(options.qat)
+        let trainer = try setup.zeroShot.map {
+            try Trainer(model: run.model, images: setup.images, distillation: $0.teacher, options: phase,
+                        communicator: communicator, log: log, channels: channels)
+        } ?? Trainer(model: run.model, data: run.train, options: phase, communicator: communicator, log: log,
+                     channels: channels)
         if let failure = options.injectFailure, failure.rank == communicator.rank {
-            qatTrainer.afterStep = { t in
+            trainer.afterStep = { t in
                 if t.completedSteps >= failure.step {
                     throw RunError.invalid("injected failure after QAT step \(t.completedSteps)")
                 }
             }
         }
-        let report = try qatTrainer.run(checkpointEvery: options.checkpointEvery) { t in
-            try self.saveRunCheckpoint(model: model, trainer: t, phase: .qat, extra: extra)
+        return trainer
+    }
+
+    /// 2b. PTQ: calibration, then block reconstruction or batch-norm
+    /// re-estimation, and the PTQ model's accuracy; or, on a QAT resume,
+    /// the checkpoint's quantized model and EfQAT selection.
+    private func ptqStage(_ run: Run, _ setup: QuantizationSetup, trainer: Trainer,
+                          channels: CriticalChannels) throws -> StageResult {
+        let model = run.model
+        var stage = StageResult(name: "PTQ \(setup.bitsLabel)\(setup.dataLabel)")
+        if let resumed = run.resumed, resumed.phase == .qat {
+            try restore(resumed, into: model, trainer: trainer, quantized: true)
+            try EfqatCheckpoint.restore(resumed.file, metadata: resumed.metadata, path: resumed.path, into: channels)
+            stage.accuracy = resumed.metadata.ptqAccuracy ?? .nan
+        } else {
+            let t0 = Date()
+            calibrate(model, on: setup.images)
+            // Reconstruction matches each block to the FP32 model's output
+            // with the FP32 running statistics, which already corrects what
+            // re-estimation would (re-estimating before it corrupts its
+            // targets, after it measured 1 point worse at W3A3).
+            if let reconstruction = options.reconstruction {
+                reconstruct(model, on: setup.images, options: reconstruction)
+            } else if options.reestimateBatchNorm {
+                reestimateBatchNormStatistics(model, communicator: communicator) {
+                    forwardCalibrationSamples(model, setup.images, training: true)
+                }
+            }
+            stage.seconds = Date().timeIntervalSince(t0)
+            stage.accuracy = evaluate(model, on: run.test, communicator: communicator).accuracy
         }
-        // With --qat-epochs 0 the run ends at PTQ: no QAT row, no probe.
-        let trained = options.qat.epochs > 0
-        let backward = trained && options.efqat.fraction < 1
-            ? BackwardProbe.compare(model, images: images, microBatch: qatTrainer.microBatchSize, seed: options.qat.seed,
-                                    communicator: communicator)
+        log.say(String(format: "PTQ %@ test accuracy %.2f%% (weights %@, activations %@, %d calibration images%@)",
+                       setup.bitsLabel, stage.accuracy * 100, options.calibration.weights.rawValue,
+                       options.calibration.activations.rawValue, min(options.calibrationSamples, setup.images.count),
+                       setup.zeroShot.map { " of " + $0.data.description } ?? ""))
+        log.record("eval", ["stage": "ptq", "accuracy": stage.accuracy])
+        return stage
+    }
+
+    /// 3. QAT: EfQAT trains the critical channels (all of them at p = 1),
+    /// checkpointing as it goes; then the accuracy and, for EfQAT, the
+    /// backward time of the selection against full QAT. With `--qat-epochs
+    /// 0` the run ends at PTQ: no QAT row, no probe.
+    private func qatStage(_ run: Run, _ setup: QuantizationSetup, trainer: Trainer, channels: CriticalChannels,
+                          record: RunMetadata) throws -> (PhaseReport, BackwardProbe?) {
+        let model = run.model
+        var checkpointRecord = record
+        checkpointRecord.content = .qatCheckpoint
+        let report = try trainer.run(checkpointEvery: options.checkpointEvery) { t in
+            try self.saveRunCheckpoint(model: model, trainer: t, record: checkpointRecord)
+        }
+        guard options.qat.epochs > 0 else { return (report, nil) }
+        let backward = options.efqat.fraction < 1
+            ? BackwardProbe.compare(model, selection: channels.selection, images: setup.images,
+                                    microBatch: trainer.microBatchSize, seed: options.seed, communicator: communicator)
             : nil
-        channels.release()
-        if trained {
-            var qatStage = StageResult(name: (options.efqat.fraction < 1
-                                       ? "EfQAT \(bitsLabel) \(options.efqat.mode.rawValue) p=\(options.efqat.fractionLabel)"
-                                       : "QAT \(bitsLabel) (full)") + dataLabel)
-            qatStage.accuracy = evaluate(model, on: test, communicator: communicator).accuracy
-            qatStage.seconds = report.seconds
-            qatStage.training = report
-            results.append(qatStage)
-            log.record("eval", ["stage": "qat", "accuracy": qatStage.accuracy])
-        }
+        var stage = StageResult(name: (options.efqat.fraction < 1
+                                       ? "EfQAT \(setup.bitsLabel) \(options.efqat.mode.rawValue) p=\(options.efqat.fractionLabel)"
+                                       : "QAT \(setup.bitsLabel) (full)") + setup.dataLabel)
+        stage.accuracy = evaluate(model, on: run.test, communicator: communicator).accuracy
+        stage.seconds = report.seconds
+        stage.training = report
+        results.append(stage)
+        log.record("eval", ["stage": "qat", "accuracy": stage.accuracy])
+        return (report, backward)
+    }
+
+    /// 4. The quantized model file, and the check that every rank ended with
+    /// the same weights and the same EfQAT selection.
+    private func finish(_ run: Run, record: RunMetadata, channels: CriticalChannels) throws {
+        var record = record
+        record.layerBits = RunMetadata.layerBits(of: run.model)
         try rootWrites {
-            let tensors = ModelCheckpoint.tensors(of: model, includeQuantizers: true, optimizer: nil)
-            try SafeTensorsFile(tensors: tensors, metadata: self.metadata(model: modelJSON, phase: "qat-final", extra: extra))
-                .write(to: self.finalPath)
+            let tensors = ModelCheckpoint.tensors(of: run.model, includeQuantizers: true, optimizer: nil)
+            try SafeTensorsFile(tensors: tensors, metadata: record.entry).write(to: self.finalPath)
         }
-        // The selection too: ranks must also agree on what they trained.
-        let checksum = weightChecksum(model, also: channels.selection.masks(channels.layers).flatMap { $0 })
+        let checksum = weightChecksum(run.model, also: channels.selection.masks(channels.layers).flatMap { $0 })
         let agree = ranksAgree(on: checksum, communicator: communicator)
         log.record("weights", ["checksum": String(checksum, radix: 16), "ranks_agree": agree])
         if !agree { throw RunError.invalid("ranks ended with different weights: data-parallel training diverged") }
-        printSummary(totalSeconds: Date().timeIntervalSince(started),
-                     efqat: efqatComparison(model: model, report: report, backward: backward),
-                     zeroShot: zeroShot?.data)
-        return results
+    }
+
+    /// A phase's options with the run's seed.
+    private func seeded(_ phase: PhaseOptions) -> PhaseOptions {
+        var phase = phase
+        phase.seed = options.seed
+        return phase
     }
 
     /// Min-max calibration on a fixed, seeded subset of `images`, sharded
@@ -291,7 +388,7 @@ public final class Pipeline {
     /// 128 (32 in training mode, so batch norm sees batches of the size it
     /// was trained with).
     private func forwardCalibrationSamples(_ model: Network, _ images: ImageSet, training: Bool) {
-        var rng = SplitMix64(seed: options.qat.seed, stream: [0x4341_4C49])
+        var rng = SplitMix64(seed: options.seed, stream: [0x4341_4C49])
         let chosen = Array(rng.permutation(images.count).prefix(options.calibrationSamples))
         let shard = contiguousShard(count: chosen.count, rank: communicator.rank, worldSize: communicator.size)
         let batch = training ? 32 : 128
@@ -308,6 +405,8 @@ public final class Pipeline {
     private func reconstruct(_ model: Network, on images: ImageSet, options reconstruction: ReconstructionOptions) {
         let source = ReconstructionImages(count: images.count, channels: images.channels, height: images.height,
                                           width: images.width, gather: images.gatherBatch)
+        var reconstruction = reconstruction
+        reconstruction.seed = options.seed
         let report = Quantization.reconstruct(model, options: reconstruction, communicator: communicator,
                                               images: source) { self.log.say($0) }
         log.record("reconstruction", [
@@ -322,15 +421,17 @@ public final class Pipeline {
     /// after a QAT resume (`resumedQAT`) from fp32.safetensors; a resume must
     /// use the images its checkpoint was trained on.
     private func prepareZeroShot(_ zeroShot: ZeroShotOptions, model: Network, train: Dataset,
-                                 resumedQAT: SafeTensorsFile?) throws -> (data: ZeroShotData, teacher: Distillation) {
+                                 resumedQAT: ResumedCheckpoint?) throws -> (data: ZeroShotData, teacher: Distillation) {
         let fp32 = try fp32Copy(of: model, fromFile: resumedQAT != nil)
+        var zeroShot = zeroShot
+        zeroShot.synthesis.seed = options.seed
         let data = try ZeroShotData(options: zeroShot, teacher: fp32, teacherPath: fp32Path, train: train,
-                                    dataset: options.dataset, seed: options.qat.seed,
+                                    dataset: options.dataset, seed: options.seed,
                                     outputDirectory: options.outputDirectory, communicator: communicator, log: log,
                                     logEvery: options.qat.logEvery)
-        if let resumedQAT, resumedQAT.metadata["efqat.zero_shot"] != data.description {
-            throw RunError.invalid("\(resumedPath ?? ""): checkpoint was trained on "
-                + "\(resumedQAT.metadata["efqat.zero_shot"] ?? "the labelled training set"), this run uses \(data.description)")
+        if let resumedQAT, resumedQAT.metadata.zeroShot != data.description {
+            throw RunError.invalid("\(resumedQAT.path): checkpoint was trained on "
+                + "\(resumedQAT.metadata.zeroShot ?? "the labelled training set"), this run uses \(data.description)")
         }
         log.say("zero-shot: the quantization stages run on \(data.description); "
                 + "QAT distils from the FP32 model (T = \(zeroShot.temperature)); no labels")
@@ -353,12 +454,10 @@ public final class Pipeline {
 
     // MARK: Checkpoints
 
-    private var resumedPath: String?
-
     /// The checkpoint to continue from, checked against this run. Rank 0
     /// picks and reads it and every rank gets its bytes, so all resume the
     /// same file even when only rank 0's disk holds it.
-    private func loadResumeCheckpoint(spec: ModelSpec, trainSamples: Int) throws -> SafeTensorsFile? {
+    private func loadResumeCheckpoint(spec: ModelSpec, trainSamples: Int) throws -> ResumedCheckpoint? {
         guard let resume = options.resume else { return nil }
         let found = try rootShares {
             guard resume == "auto" else { return (resume, try SafeTensorsFile.readBytes(from: resume)) }
@@ -369,34 +468,34 @@ public final class Pipeline {
             return newest
         }
         guard let (path, file) = found else { return nil }
-        resumedPath = path
-        let m = file.metadata
-        guard let phase = m["efqat.phase"], CheckpointPosition.Phase(rawValue: phase) != nil else {
+        guard let m = try RunMetadata.of(file, path: path), let phase = m.content.resumablePhase,
+              let training = m.training else {
             throw RunError.invalid("\(path): not a training checkpoint (no resumable phase in its metadata)")
         }
         // What makes the resumed run another run: model, data, data order, batch-norm batches.
-        try Self.checkModel(m["efqat.model"], in: path, against: spec)
+        try m.check(model: spec, in: path)
         let microBatches = communicator.size * options.qat.accumulation
-        let expected: [(key: String, value: String, problem: String)] = [
-            ("efqat.dataset", options.dataset.rawValue, "the checkpoint trained on another data set"),
-            ("efqat.train_samples", String(trainSamples), "the checkpoint trained on another number of samples (--train-samples)"),
-            ("efqat.seed", String(options.qat.seed), "the checkpoint has another seed, so another data order"),
-            ("efqat.global_batch", String(options.qat.globalBatch), "the checkpoint has another global batch, so another data order"),
-            ("efqat.micro_batches", String(microBatches),
+        let differences: [(saved: String, run: String, problem: String)] = [
+            (m.dataset.rawValue, options.dataset.rawValue, "the checkpoint trained on another data set"),
+            (String(training.trainSamples), String(trainSamples),
+             "the checkpoint trained on another number of samples (--train-samples)"),
+            (m.seed.map(String.init) ?? "none", String(options.seed), "the checkpoint has another seed, so another data order"),
+            (m.globalBatch.map(String.init) ?? "none", String(options.qat.globalBatch),
+             "the checkpoint has another global batch, so another data order"),
+            (String(training.microBatches), String(microBatches),
              "the checkpoint cut the global batch into another number of micro-batches, and batch norm would see "
                 + "batches of another size: make ranks x --accumulation equal to it (this run: "
                 + "\(communicator.size) x \(options.qat.accumulation))"),
         ]
-        for (key, value, problem) in expected {
-            if let saved = m[key], saved != value {
-                throw RunError.invalid("\(path): \(problem); \(key) is \(saved), this run has \(value)")
-            }
+        for (saved, run, problem) in differences where saved != run {
+            throw RunError.invalid("\(path): \(problem); it has \(saved), this run \(run)")
         }
-        log.say("resuming from \(path): phase \(phase), epoch \(m["efqat.epoch"] ?? "?"), step \(m["efqat.step"] ?? "?")")
-        log.record("resume", ["path": path, "phase": phase, "epoch": Int(m["efqat.epoch"] ?? "") ?? -1,
-                              "step": Int(m["efqat.step"] ?? "") ?? -1, "world_size": communicator.size,
-                              "saved_world_size": Int(m["efqat.world_size"] ?? "") ?? -1])
-        return file
+        log.say("resuming from \(path): phase \(phase.rawValue), epoch \(training.position.epoch), "
+                + "step \(training.position.step)")
+        log.record("resume", ["path": path, "phase": phase.rawValue, "epoch": training.position.epoch,
+                              "step": training.position.step, "world_size": communicator.size,
+                              "saved_world_size": m.worldSize ?? -1])
+        return ResumedCheckpoint(path: path, file: file, metadata: m)
     }
 
     /// A file that rank 0 finds (nil: none) and reads, verified and decoded
@@ -417,90 +516,67 @@ public final class Pipeline {
         try rootShares { (path, try SafeTensorsFile.readBytes(from: path)) }!.file
     }
 
-    /// Refuses a file whose model is not the one this run builds, in one
-    /// line that names both.
-    static func checkModel(_ saved: String?, in path: String, against spec: ModelSpec) throws {
-        guard let saved else {
-            throw RunError.invalid("\(path): no model description (efqat.model) in its metadata; not written by efqat-train")
+    private func restore(_ resumed: ResumedCheckpoint, into model: Network, trainer: Trainer, quantized: Bool) throws {
+        let bits = RunMetadata.layerBits(of: model)
+        if quantized, let saved = resumed.metadata.layerBits, saved != bits {
+            let differing = bits.keys.sorted().filter { saved[$0] != bits[$0] }
+                .map { "\($0) \(saved[$0] ?? "-") against \(bits[$0]!)" }
+            throw RunError.invalid("\(resumed.path): checkpoint was quantized with other bits than this run asks for: "
+                + differing.prefix(3).joined(separator: ", ")
+                + (differing.count > 3 ? " and \(differing.count - 3) more layers" : ""))
         }
-        guard saved != json(spec) else { return }
-        let theirs = (try? JSONDecoder().decode(ModelSpec.self, from: Data(saved.utf8)))?.details ?? saved
-        throw RunError.invalid("\(path): holds a \(theirs) model; this run builds a \(spec.details) model "
-            + "(--arch and --width choose the network, the data set its channels and classes)")
+        try ModelCheckpoint.restore(resumed.file, path: resumed.path, into: model, requireQuantizers: quantized,
+                                    optimizer: trainer.optimizer)
+        trainer.resume(at: resumed.metadata.training!.position)
     }
 
-    private func restore(_ file: SafeTensorsFile, into model: Network, trainer: Trainer, quantized: Bool) throws {
-        let path = resumedPath ?? ""
-        if quantized, let bits = file.metadata["efqat.bits"], bits != Self.json(layerBits(model)) {
-            throw RunError.invalid("\(path): checkpoint was quantized as \(bits), this run asks for \(Self.json(layerBits(model)))")
-        }
-        try ModelCheckpoint.restore(file, path: path, into: model, requireQuantizers: quantized, optimizer: trainer.optimizer)
-        guard let epoch = Int(file.metadata["efqat.epoch"] ?? ""), let step = Int(file.metadata["efqat.step"] ?? "") else {
-            throw RunError.invalid("\(path): metadata has no training position")
-        }
-        trainer.resume(at: TrainingPosition(epoch: epoch, step: step))
-    }
-
-    private func layerBits(_ model: Network) -> [String: String] {
-        Dictionary(uniqueKeysWithValues: model.layers.map { layer in
-            (layer.name, "W\(layer.weightQuantizer.grid.bits)A" + (layer.inputQuantizer.enabled ? "\(layer.inputQuantizer.grid.bits)" : "-"))
-        })
-    }
-
-    private func metadata(model: String, phase: String, extra: [String: String]) -> [String: String] {
-        var m = extra
-        m["efqat.model"] = model
-        m["efqat.phase"] = phase
-        m["efqat.seed"] = String(options.qat.seed)
-        m["efqat.global_batch"] = String(options.qat.globalBatch)
-        m["efqat.world_size"] = String(communicator.size)
-        m["efqat.dataset"] = options.dataset.rawValue
-        return m
+    /// The record every file of this run starts from.
+    private func runMetadata(_ content: RunMetadata.Content, model: Network) -> RunMetadata {
+        var record = RunMetadata(content: content, model: model.spec, dataset: options.dataset)
+        record.seed = options.seed
+        record.globalBatch = options.qat.globalBatch
+        record.worldSize = communicator.size
+        return record
     }
 
     /// A resumable checkpoint named after its position, keeping the newest
     /// `keepCheckpoints` (rank 0).
-    private func saveRunCheckpoint(model: Network, trainer: Trainer, phase: CheckpointPosition.Phase,
-                                   extra: [String: String]) throws {
+    private func saveRunCheckpoint(model: Network, trainer: Trainer, record: RunMetadata) throws {
         try rootWrites {
-            var m = self.metadata(model: Self.json(model.spec), phase: phase.rawValue, extra: extra)
-            m["efqat.epoch"] = String(trainer.position.epoch)
-            m["efqat.step"] = String(trainer.position.step)
-            m["efqat.micro_batches"] = String(trainer.microBatchesPerStep)
-            m["efqat.train_samples"] = String(trainer.sampleCount)
+            var record = record
+            record.training = RunMetadata.TrainingState(position: trainer.position,
+                                                        microBatches: trainer.microBatchesPerStep,
+                                                        trainSamples: trainer.sampleCount)
             var tensors = ModelCheckpoint.tensors(of: model, includeQuantizers: true, optimizer: trainer.optimizer)
-            if phase == .qat { m["efqat.bits"] = Self.json(self.layerBits(model)) }
+            let phase = record.content.resumablePhase!
+            if phase == .qat { record.layerBits = RunMetadata.layerBits(of: model) }
             if let channels = trainer.channels {
                 tensors += EfqatCheckpoint.tensors(of: channels)
-                m.merge(EfqatCheckpoint.metadata(of: channels)) { _, new in new }
+                record.efqat = EfqatCheckpoint.metadata(of: channels)
             }
             let position = CheckpointPosition(phase: phase, epoch: trainer.position.epoch, step: trainer.position.step)
-            try self.checkpoints.save(SafeTensorsFile(tensors: tensors, metadata: m), at: position) {
+            try self.checkpoints.save(SafeTensorsFile(tensors: tensors, metadata: record.entry), at: position) {
                 self.log.say("warning: \($0)")
             }
         }
     }
 
-    /// Everything that shapes the FP32 model besides the model, data set and
-    /// seed: a saved FP32 model is reused only when this matches.
-    private var fp32Recipe: String {
-        let o = options.fp32
-        return "epochs=\(o.epochs) batch=\(o.globalBatch) lr=\(o.learningRate) momentum=\(o.momentum) "
-            + "wd=\(o.weightDecay) schedule=\(o.schedule.rawValue) shift=\(o.augmentShift) "
-            + "samples=\(options.trainSamples.map(String.init) ?? "all")"
+    private var fp32Recipe: RunMetadata.FP32Recipe {
+        RunMetadata.FP32Recipe(phase: options.fp32, trainSamples: options.trainSamples,
+                               zeroInitResidual: options.zeroInitResidual)
     }
 
-    /// The FP32 model of an earlier run with the same model, data and recipe
-    /// (read by rank 0, shared with all).
-    private func reusableFP32(modelJSON: String) throws -> SafeTensorsFile? {
+    /// The FP32 model of an earlier run with the same network, data, seed
+    /// and recipe (read by rank 0, shared with all).
+    private func reusableFP32(spec: ModelSpec) throws -> SafeTensorsFile? {
         let path = fp32Path
         let found = try rootShares {
             FileManager.default.fileExists(atPath: path) ? (path, try SafeTensorsFile.readBytes(from: path)) : nil
         }
         guard let file = found?.file else { return nil }
-        let m = file.metadata
-        guard m["efqat.model"] == modelJSON, m["efqat.dataset"] == options.dataset.rawValue,
-              m["efqat.seed"] == String(options.fp32.seed), m["efqat.fp32_recipe"] == fp32Recipe
+        let m = try? RunMetadata.of(file, path: path)
+        guard let m, m.content == .fp32Model, m.model == spec, m.dataset == options.dataset, m.seed == options.seed,
+              m.fp32Recipe == fp32Recipe
         else {
             log.say("\(fp32Path) was trained with other settings: training a new FP32 model")
             return nil
@@ -514,12 +590,6 @@ public final class Pipeline {
         guard communicator.isRoot else { return }
         try FileManager.default.createDirectory(atPath: options.outputDirectory, withIntermediateDirectories: true)
         try body()
-    }
-
-    static func json<T: Encodable>(_ value: T) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return String(decoding: (try? encoder.encode(value)) ?? Data(), as: UTF8.self)
     }
 
     // MARK: Summary

@@ -18,8 +18,8 @@ public struct PhaseOptions: Sendable {
     public var schedule: LearningRateSchedule = .cosine
     public var seed: UInt64
     public var logEvery: Int = 10
-    /// Random translation of training images by up to this many pixels (0: off).
-    public var augmentShift = 0
+    /// Random translation and mirroring of the training images (labelled data only).
+    public var augmentation = Augmentation()
     /// Whether the gradient all-reduce overlaps the backward pass.
     public var overlapReduction: ReductionOverlap = .auto
 
@@ -166,8 +166,8 @@ public final class Trainer {
     /// Trains on images without labels by distillation from `distillation.teacher`.
     public convenience init(model: Network, images: ImageSet, distillation: Distillation, options: PhaseOptions,
                             communicator: Communicator, log: RunLog, channels: CriticalChannels? = nil) throws {
-        guard options.augmentShift == 0 else {
-            throw RunError.invalid("distillation trains on the images as given: augmentation (shift \(options.augmentShift)) must be off")
+        guard options.augmentation.isIdentity else {
+            throw RunError.invalid("distillation trains on the images as given: augmentation (\(options.augmentation.recipe)) must be off")
         }
         try self.init(model: model, samples: .distilled(images, distillation), options: options,
                       communicator: communicator, log: log, channels: channels)
@@ -237,7 +237,8 @@ public final class Trainer {
                                                        "floats_per_step": reducer.packedCount])
                     }
                 }
-                let (loss, accuracy) = trainStep(order: order, step: position.step, learningRate: lr)
+                let step = { self.trainStep(order: order, step: self.position.step, learningRate: lr) }
+                let (loss, accuracy) = channels.map { $0.withSelectedRows(step) } ?? step()
                 report.steps += 1
                 report.samples += options.globalBatch
                 report.lastLoss = loss
@@ -320,8 +321,7 @@ public final class Trainer {
         switch samples {
         case .labeled(let data):
             labels.withUnsafeMutableBufferPointer { data.gatherBatch(indices, pixels: images.pointer, labels: $0.baseAddress!) }
-            RandomTranslation(maxShift: options.augmentShift, seed: options.seed)
-                .apply(to: images.pointer, indices: indices, epoch: epoch, dataset: data)
+            options.augmentation.apply(to: images.pointer, indices: indices, epoch: epoch, seed: options.seed, dataset: data)
             let logits = model.forward(FeatureMap(data: images.pointer, channels: data.channels, batch: micro,
                                                   height: data.height, width: data.width), training: true)
             return labels.withUnsafeBufferPointer {

@@ -77,8 +77,8 @@ struct ZeroShotData {
                         + "batches of \(synthesis.batchSize), \(synthesis.iterations) iterations each, \(communicator.size) rank(s))")
                 let report = try synthesizeDataset(
                     teacher: teacher, height: height, width: width, options: synthesis, communicator: communicator,
-                    path: path, metadata: ["efqat.model": Pipeline.json(teacher.spec), "efqat.dataset": dataset.rawValue,
-                                           "genie.teacher": teacherPath]) { event in
+                    path: path, metadata: RunMetadata.syntheticImages(teacher: teacher.spec, dataset: dataset,
+                                                                      teacherPath: teacherPath).entry) { event in
                     reportSynthesis(event, log: log, path: path, batches: synthesis.batches, logEvery: logEvery)
                 }
                 log.record("genie_summary", ["images": synthesis.images, "seconds": report.seconds,

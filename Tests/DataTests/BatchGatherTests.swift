@@ -67,7 +67,7 @@ final class BatchGatherTests: XCTestCase {
     }
 }
 
-final class RandomTranslationTests: XCTestCase {
+final class AugmentationTests: XCTestCase {
     /// A shifted image is the original moved by (dy, dx) with the border
     /// filled by the normalised zero pixel; the shift depends on the sample
     /// index, not on its position in the batch.
@@ -79,8 +79,8 @@ final class RandomTranslationTests: XCTestCase {
         var original = [Float](repeating: 0, count: 2 * h * w), labels: [Int32] = [0, 0]
         data.gatherBatch([0, 1], pixels: &original, labels: &labels)
         var shifted = original
-        let augment = RandomTranslation(maxShift: 2, seed: 9)
-        augment.apply(to: &shifted, indices: [0, 1], epoch: 3, dataset: data)
+        let augment = Augmentation(maxShift: 2)
+        augment.apply(to: &shifted, indices: [0, 1], epoch: 3, seed: 9, dataset: data)
         XCTAssertNotEqual(shifted, original)
         for n in 0..<2 {
             // Recover the shift by matching the original against the output.
@@ -103,7 +103,33 @@ final class RandomTranslationTests: XCTestCase {
         // The same sample alone in a batch gets the same shift.
         var single = Array(original[(h * w)...]), label: [Int32] = [0]
         data.gatherBatch([1], pixels: &single, labels: &label)
-        augment.apply(to: &single, indices: [1], epoch: 3, dataset: data)
+        augment.apply(to: &single, indices: [1], epoch: 3, seed: 9, dataset: data)
         XCTAssertEqual(single, Array(shifted[(h * w)...]))
+    }
+
+    /// With flip alone, every image is itself or its mirror image; over
+    /// 64 samples both occur, and each sample's choice is kept per epoch.
+    func testFlipMirrorsAboutHalfOfTheImages() {
+        let h = 3, w = 4, count = 64
+        let pixels = (0..<(count * h * w)).map { Float($0 % 37) }
+        let data = Dataset(channels: 1, height: h, width: w, classes: 2, pixels: pixels,
+                           labels: [Int32](repeating: 0, count: count), mean: [0], std: [1])
+        var original = [Float](repeating: 0, count: count * h * w), labels = [Int32](repeating: 0, count: count)
+        data.gatherBatch(Array(0..<count), pixels: &original, labels: &labels)
+        let flip = Augmentation(flip: true)
+        var flipped = original
+        flip.apply(to: &flipped, indices: Array(0..<count), epoch: 1, seed: 4, dataset: data)
+        var mirrored = 0
+        for n in 0..<count {
+            let image = Array(original[(n * h * w)..<((n + 1) * h * w)])
+            let out = Array(flipped[(n * h * w)..<((n + 1) * h * w)])
+            let mirror = (0..<h).flatMap { y in image[(y * w)..<((y + 1) * w)].reversed() }
+            XCTAssertTrue(out == image || out == mirror, "sample \(n) is neither the image nor its mirror")
+            if out == mirror { mirrored += 1 }
+        }
+        XCTAssertTrue((16...48).contains(mirrored), "\(mirrored) of \(count) mirrored")
+        var again = original
+        flip.apply(to: &again, indices: Array(0..<count), epoch: 1, seed: 4, dataset: data)
+        XCTAssertEqual(again, flipped)
     }
 }

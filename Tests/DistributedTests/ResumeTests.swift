@@ -237,12 +237,12 @@ final class ResumeTests: XCTestCase {
             ("other width", checkpoint, ["--width", "2"],
              "holds a resnet20, 1 input channel(s), 10 classes model; this run builds a resnet20 x2, 1 input channel(s)"),
             ("other architecture", checkpoint, ["--arch", "resnet8"], "this run builds a resnet8, 1 input channel(s)"),
-            ("other bits", checkpoint, ["--weight-bits", "4"], "checkpoint was quantized as"),
+            ("other bits", checkpoint, ["--weight-bits", "4"], "checkpoint was quantized with other bits than this run asks for: layer1.0.conv1 W8A8 against W4A8"),
             ("other EfQAT", checkpoint, ["--efqat-fraction", "0.2"], "checkpoint trained EfQAT cwpn p=0.1"),
             ("other seed", checkpoint, ["--seed", "8"], "another seed"),
-            ("other global batch", checkpoint, ["--batch-size", "128"], "efqat.global_batch is 64, this run has 128"),
-            ("other samples", checkpoint, ["--train-samples", "640"], "efqat.train_samples is 512, this run has 640"),
-            ("other micro-batches", checkpoint, ["--accumulation", "1"], "efqat.micro_batches is 2, this run has 1"),
+            ("other global batch", checkpoint, ["--batch-size", "128"], "another global batch, so another data order; it has 64, this run 128"),
+            ("other samples", checkpoint, ["--train-samples", "640"], "(--train-samples); it has 512, this run 640"),
+            ("other micro-batches", checkpoint, ["--accumulation", "1"], "(this run: 1 x 1); it has 2, this run 1"),
         ]
         for (index, test) in cases.enumerated() {
             // The later option wins, so each case overrides the shared ones.

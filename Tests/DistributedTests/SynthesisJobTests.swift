@@ -19,7 +19,7 @@ final class SynthesisJobTests: JobTestCase {
         // 6 batches of 4: 4 ranks have an idle rank in their second round.
         func synthesize(images: Int, output: String) -> [String] {
             ["synthesize", "--model", teacher + "/fp32.safetensors", "--output", folder + "/" + output,
-             "--images", String(images), "--batch-size", "4", "--iterations", "5", "--seed", "7", "--log-every", "1"]
+             "--zero-shot-images", String(images), "--synthesis-batch-size", "4", "--synthesis-iterations", "5", "--seed", "7", "--log-every", "1"]
         }
         let one = try Jobs.single(synthesize(images: 24, output: "one"), marker: folder, folder: folder,
                                   timeout: Self.timeout)
@@ -53,7 +53,7 @@ final class SynthesisJobTests: JobTestCase {
     }
 
     func testMissingModelFailsWithOneMessage() throws {
-        let job = try Jobs.mpi(ranks: 2, ["synthesize", "--output", folder + "/none", "--iterations", "1"],
+        let job = try Jobs.mpi(ranks: 2, ["synthesize", "--output", folder + "/none", "--synthesis-iterations", "1"],
                                marker: folder, folder: folder, timeout: 60)
         XCTAssertNotEqual(job.status, 0, job.report)
         XCTAssertEqual(job.occurrences(of: "no model at \(folder)/none/fp32.safetensors"), 1, job.report)

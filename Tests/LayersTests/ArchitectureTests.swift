@@ -120,4 +120,41 @@ final class ArchitectureTests: XCTestCase {
             }
         }
     }
+
+    /// zeroInitResidual zeroes the scale of exactly the last batch norm of
+    /// every residual branch (BasicBlock bn2, Bottleneck bn3, the projection
+    /// of an InvertedResidual with a shortcut), so a block with an identity
+    /// shortcut passes its input on: relu(x) for the ResNets, x for MobileNetV2.
+    func testZeroInitResidualStartsEveryBlockAsTheIdentity() {
+        // Each with a block whose shortcut is the identity.
+        for (architecture, zeroed, identityBlock) in [
+            (Architecture.resnet8, ["layer1.0.bn2", "layer2.0.bn2", "layer3.0.bn2"], "layer1.0"),
+            (.resnet50, ["layer1.0.bn3", "layer4.2.bn3"], "layer1.1"),
+            (.mobilenetV2, ["features.3.conv.3", "features.16.conv.3"], "features.3"),
+        ] {
+            let model = network(architecture, classes: 10, channels: 1, width: 0.25)
+            model.initialize(seed: 1, zeroInitResidual: true)
+            let scales = Dictionary(uniqueKeysWithValues: model.batchNorms.map { ($0.name, Array(model.store.parameters[$0.weight])) })
+            let branchEnds = Set(model.units.compactMap(\.residualBranchNorm).map(\.name))
+            for name in zeroed { XCTAssert(branchEnds.contains(name), "\(name) ends a residual branch") }
+            XCTAssertFalse(branchEnds.contains("features.2.conv.3"), "no shortcut, no zeroed scale")
+            for (name, scale) in scales {
+                XCTAssertEqual(Set(scale), [branchEnds.contains(name) ? 0 : 1], name)
+            }
+            let block = model.units.first { $0.name == identityBlock }!
+            let channels = block.convolutions[0].inChannels
+            var rng = SplitMix64(seed: 3)
+            let x = OwnedMap(channels: channels, batch: 2, height: 4, width: 4, random: &rng)
+            let y = block.forward(x.map, training: false)
+            for i in 0..<x.map.count {
+                let input = x.map.data[i]
+                XCTAssertEqual(y.data[i], architecture == .mobilenetV2 ? input : max(input, 0), accuracy: 1e-6,
+                               "\(block.name)")
+            }
+        }
+        // The default keeps torchvision's default: every scale 1.
+        let model = network(.resnet8, classes: 10, channels: 1)
+        model.initialize(seed: 1)
+        XCTAssert(model.batchNorms.allSatisfy { Set(model.store.parameters[$0.weight]) == [1] })
+    }
 }

@@ -1,5 +1,6 @@
 import Checkpoint
 import Foundation
+import Layers
 import Training
 import XCTest
 
@@ -22,8 +23,16 @@ final class CheckpointFolderTests: XCTestCase {
     }
 
     private func checkpoint(_ p: CheckpointPosition) -> SafeTensorsFile {
-        SafeTensorsFile(tensors: [TensorRecord(name: "w", shape: [2], values: [Float(p.epoch), Float(p.step)])],
-                        metadata: ["efqat.phase": p.phase.rawValue])
+        var record = self.record(p.phase == .fp32 ? .fp32Checkpoint : .qatCheckpoint)
+        record.training = RunMetadata.TrainingState(position: TrainingPosition(epoch: p.epoch, step: p.step),
+                                                    microBatches: 1, trainSamples: 64)
+        return SafeTensorsFile(tensors: [TensorRecord(name: "w", shape: [2], values: [Float(p.epoch), Float(p.step)])],
+                               metadata: record.entry)
+    }
+
+    private func record(_ content: RunMetadata.Content) -> RunMetadata {
+        RunMetadata(content: content, model: ModelSpec(architecture: .resnet8, inputChannels: 1, classes: 10),
+                    dataset: .mnist5k)
     }
 
     private func listing() throws -> [String] {
@@ -67,7 +76,7 @@ final class CheckpointFolderTests: XCTestCase {
         damaged[damaged.count - 1] ^= 1
         try damaged.write(to: URL(fileURLWithPath: path(positions[3])))                       // checksum
         try Data(damaged.prefix(20)).write(to: URL(fileURLWithPath: path(positions[2])))      // truncated
-        try SafeTensorsFile(metadata: ["efqat.phase": "qat-final"]).write(to: path(positions[1]))  // not resumable
+        try SafeTensorsFile(metadata: record(.quantizedModel).entry).write(to: path(positions[1]))  // not resumable
 
         var warnings: [String] = []
         let found = checkpoints.newestValid { warnings.append($0) }

@@ -49,7 +49,7 @@ final class DistillationTests: XCTestCase {
 
     func testDistillationRefusesAugmentation() {
         var options = phase(epochs: 1)
-        options.augmentShift = 1
+        options.augmentation.maxShift = 1
         let model = tinyModel()
         XCTAssertThrowsError(try Trainer(model: model, images: ImageSet(syntheticDataset()),
                                          distillation: Distillation(teacher: tinyModel()), options: options,

@@ -163,8 +163,9 @@ final class EfqatTests: XCTestCase {
         // Scattered rows, so layers gather dY from several runs.
         let selection = ChannelSelection.select(model.layers, store: model.store, mode: .cwpn, fraction: 0.4)
         XCTAssert(selection.rows.contains { $0.count > 1 }, "want a layer with several runs of rows")
-        selection.apply(to: model.layers)
-        let partial = gradients()
+        let partial = selection.withRows(of: model.layers, gradients)
+        XCTAssertEqual(model.layers.map(\.gradientRows), model.layers.map { [0..<$0.outChannels] },
+                       "the rows are put back after the scope")
         let trained = Set(selection.spans(model.layers, store: model.store).flatMap { Array($0.range) })
         var frozen = 0
         for slot in model.store.parameterLayout.slots {
@@ -241,7 +242,8 @@ final class EfqatTests: XCTestCase {
                 let file = try SafeTensorsFile.read(from: checkpoint)
                 try ModelCheckpoint.restore(file, path: checkpoint, into: model, requireQuantizers: true,
                                             optimizer: trainer.optimizer)
-                try EfqatCheckpoint.restore(file, path: checkpoint, into: channels)
+                try EfqatCheckpoint.restore(file, metadata: RunMetadata.required(file, path: checkpoint), path: checkpoint,
+                                            into: channels)
                 trainer.resume(at: TrainingPosition(epoch: 0, step: stop!))
             }
             struct Stop: Error {}
@@ -250,7 +252,7 @@ final class EfqatTests: XCTestCase {
                     guard checkpoint == nil, t.completedSteps == stop else { return }
                     let tensors = ModelCheckpoint.tensors(of: model, includeQuantizers: true, optimizer: t.optimizer)
                         + EfqatCheckpoint.tensors(of: channels)
-                    try SafeTensorsFile(tensors: tensors, metadata: EfqatCheckpoint.metadata(of: channels))
+                    try SafeTensorsFile(tensors: tensors, metadata: self.record(of: channels, model: model).entry)
                         .write(to: self.path)
                     throw Stop()
                 }
@@ -277,11 +279,20 @@ final class EfqatTests: XCTestCase {
         let model = tinyModel()
         let a = CriticalChannels(layers: model.layers, store: model.store, options: EfqatOptions(fraction: 0.1))
         a.prepare(step: 0, stepInEpoch: 0, communicator: communicator)
-        try SafeTensorsFile(tensors: EfqatCheckpoint.tensors(of: a), metadata: EfqatCheckpoint.metadata(of: a)).write(to: path)
+        try SafeTensorsFile(tensors: EfqatCheckpoint.tensors(of: a), metadata: record(of: a, model: model).entry).write(to: path)
         let b = CriticalChannels(layers: model.layers, store: model.store, options: EfqatOptions(fraction: 0.25))
-        XCTAssertThrowsError(try EfqatCheckpoint.restore(SafeTensorsFile.read(from: path), path: path, into: b)) { error in
+        let file = try SafeTensorsFile.read(from: path)
+        XCTAssertThrowsError(try EfqatCheckpoint.restore(file, metadata: RunMetadata.required(file, path: path), path: path,
+                                                         into: b)) { error in
             XCTAssertTrue("\(error)".contains("p=0.1"), "\(error)")
         }
+    }
+
+    /// A QAT checkpoint's record holding the EfQAT selection of `channels`.
+    func record(of channels: CriticalChannels, model: Network) -> RunMetadata {
+        var record = RunMetadata(content: .qatCheckpoint, model: model.spec, dataset: .mnist5k)
+        record.efqat = EfqatCheckpoint.metadata(of: channels)
+        return record
     }
 
     lazy var path: String = {

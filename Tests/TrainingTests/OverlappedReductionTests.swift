@@ -44,9 +44,9 @@ final class OverlappedReductionTests: XCTestCase {
         let model = model()
         let communicator = DeferredSumCommunicator(size: 2)
         var spans = model.store.allTrainedSpans
+        var selection = ChannelSelection(rows: model.layers.map { [0..<$0.outChannels] })
         if efqat {
-            let selection = ChannelSelection.select(model.layers, store: model.store, mode: .cwpn, fraction: 0.1)
-            selection.apply(to: model.layers)
+            selection = ChannelSelection.select(model.layers, store: model.store, mode: .cwpn, fraction: 0.1)
             spans = selection.spans(model.layers, store: model.store)
         }
         let reducer = GradientReducer(spans: spans, norms: model.batchNorms, extras: 1, bucketFloats: bucketFloats)
@@ -57,8 +57,10 @@ final class OverlappedReductionTests: XCTestCase {
             scalars[0] += forward(model, offset: 8 * part, images: images, dLogits: dLogits)
             let last = overlapped && part == 1
             if last { reducer.begin(gradients: model.store.gradients, scalars: scalars, communicator: communicator) }
-            model.backward(FeatureMap(data: dLogits.pointer, channels: 3, batch: 8, height: 1, width: 1),
-                           finished: last ? reducer.finished : nil)
+            selection.withRows(of: model.layers) {
+                model.backward(FeatureMap(data: dLogits.pointer, channels: 3, batch: 8, height: 1, width: 1),
+                               finished: last ? reducer.finished : nil)
+            }
         }
         communicator.log.startsBeforeEnd = communicator.log.starts.count
         if overlapped {

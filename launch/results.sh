@@ -1,20 +1,37 @@
 #!/usr/bin/env bash
-# Measures every figure in docs/results.md and rewrites that file.
+# Measures every figure of one data set's results page and rewrites it.
 #
-#   launch/results.sh [--quick] [default] [ptq] [efqat] [zeroshot] [arch]
+#   launch/results.sh [--quick] [--dataset NAME] [default] [ptq] [efqat] [seeds] [zeroshot] [arch]
+#
+# --dataset  mnist5k (the default): runs in runs/results, the page
+#            docs/results.md with its plots docs/efqat-accuracy.svg and
+#            docs/efqat-backward.svg; efqat-train's FP32 recipe, 3 QAT epochs.
+#            fashion-mnist: runs in runs/results/fashion-mnist, the page
+#            docs/results-fashion-mnist.md, plots suffixed -fashion-mnist; every
+#            run gets the FP32 recipe --dataset fashion-mnist --fp32-epochs 30
+#            --augment-shift 2 --augment-flip, and 1 QAT epoch (efqat, seeds,
+#            arch).
 #
 # Sections (all of them when none is named; a section's earlier runs are
-# replaced, the others' kept, and docs/results.md shows every section that
-# has runs):
-# default  The default job, `mpirun -n 8 efqat-train`, timed from launch to
-#          exit (its FP32 model is then reused by the other sections).
+# replaced, the others' kept, and the page shows every section that has
+# runs):
+# default  The default job, `mpirun -n 8 efqat-train` with the FP32 recipe,
+#          timed from launch to exit (its FP32 model is then reused by the
+#          other sections).
 # ptq      PTQ without training at W8A8, W4A4, W3A3 and W2A4: min-max and
 #          L_p calibration (with and without batch-norm re-estimation),
-#          block reconstruction (Genie-M), and MixQuant (budget rule at the
-#          same mean bits) with each.
+#          block reconstruction (Genie-M) with and without QDrop, and
+#          MixQuant (budget rule at the same mean bits) with each.
 # efqat    W4A4 and W3A3 QAT from the default PTQ init: EfQAT with each mode
 #          at p = 0, 0.05, 0.1 and 0.25, and full QAT (p = 1), same epochs,
-#          2 ranks each; writes docs/efqat-accuracy.svg too.
+#          2 ranks each; writes the two EfQAT plots too.
+# seeds    The cells that decide defaults, each with the seeds SEEDS (0 1 2),
+#          all from the default job's FP32 model (--model: not retrained, so
+#          a seed changes the calibration subsets, data order and QDrop masks
+#          only): W2A4 reconstruction with and without QDrop, W3A3 min-max
+#          with and without batch-norm re-estimation (1 process), and W4A4
+#          and W3A3 EfQAT p = 0.1 in each mode (2 ranks). Runs seed<S>-<name
+#          of the same run in the ptq or efqat section>.
 # zeroshot Zero-shot quantization (no labels after the FP32 model) at W4A4
 #          and W3A3 on three image sets of ZS_IMAGES (1024) images: Genie-D
 #          images synthesised from the FP32 model (ZS_ITERATIONS, 100, per
@@ -25,32 +42,68 @@
 #          100, per batch of 32). ZS_IMAGES must be a multiple of 64 (the
 #          synthesis batch); ZS_RECONSTRUCTION_ITERATIONS (400) per block.
 # arch     The other architectures (ARCHS: resnet18 resnet50 mobilenet_v2) on
-#          the same data: each one's FP32 model by the default recipe on
+#          the same data: each one's FP32 model by the FP32 recipe on
 #          $ranks ranks, then W4A4 PTQ (min-max, L_p, reconstruction,
 #          MixQuant + reconstruction), EfQAT p = 0.1 and full QAT (2 ranks).
-# --quick runs a 2-rank default job with fewer FP32 epochs (for trying the
-# script out; its figures are not the documented ones), and a zeroshot
-# section with 128 images, 10 synthesis iterations, 2 QAT epochs and 20
-# reconstruction iterations.
+# --quick runs on 2 ranks with a short FP32 recipe (mnist5k: 2 epochs;
+# fashion-mnist: 1 epoch of 2000 training images) and 1 QAT epoch in the
+# efqat, seeds and arch sections, for trying the script out (its figures
+# are not the documented ones), and a zeroshot section with 128 images, 10
+# synthesis iterations, 2 QAT epochs and 20 reconstruction iterations.
+#
+# The run folder's settings.json records the data set, the FP32 recipe
+# (fp32_args), the QAT epochs and the ranks, for the page's prose; the page
+# is made by launch/results/render.py RUNS RANKS DOCS [SUFFIX] (its
+# docstring says more).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 ranks=8
-fp32_args=()
 quick=0
-if [[ "${1:-}" == "--quick" ]]; then quick=1; ranks=2; fp32_args=(--fp32-epochs 2 --qat-epochs 1); shift; fi
+dataset=mnist5k
+if [[ "${1:-}" == "--quick" ]]; then quick=1; ranks=2; shift; fi
+if [[ "${1:-}" == "--dataset" ]]; then
+    [[ $# -ge 2 ]] || { echo "error: --dataset needs a name (mnist5k, fashion-mnist)" >&2; exit 2; }
+    dataset="$2"
+    shift 2
+fi
+# Per data set: the runs' folder, the suffix of the page's and plots' names,
+# the FP32 recipe that every run gets (a run reuses the default job's FP32
+# model only when its FP32 options are the same) and the QAT epochs of the
+# efqat, seeds and arch sections.
+case "$dataset" in
+    mnist5k)
+        out="$EFQAT_ROOT/runs/results"
+        suffix=""
+        fp32_args=()
+        qat_epochs=3
+        if [[ $quick -eq 1 ]]; then fp32_args=(--fp32-epochs 2); qat_epochs=1; fi
+        ;;
+    fashion-mnist)
+        out="$EFQAT_ROOT/runs/results/fashion-mnist"
+        suffix="-fashion-mnist"
+        fp32_args=(--dataset fashion-mnist --fp32-epochs 30 --augment-shift 2 --augment-flip)
+        qat_epochs=1
+        if [[ $quick -eq 1 ]]; then
+            fp32_args=(--dataset fashion-mnist --fp32-epochs 1 --train-samples 2000 --augment-shift 2 --augment-flip)
+        fi
+        ;;
+    *) echo "error: unknown data set '$dataset' (mnist5k, fashion-mnist)" >&2; exit 2 ;;
+esac
 sections=("$@")
-[[ ${#sections[@]} -gt 0 ]] || sections=(default ptq efqat zeroshot arch)
+[[ ${#sections[@]} -gt 0 ]] || sections=(default ptq efqat seeds zeroshot arch)
 for section in "${sections[@]}"; do
-    case "$section" in default|ptq|efqat|zeroshot|arch) ;; *) echo "error: unknown section '$section' (default, ptq, efqat, zeroshot, arch)" >&2; exit 2 ;; esac
+    case "$section" in default|ptq|efqat|seeds|zeroshot|arch) ;; *) echo "error: unknown section '$section' (default, ptq, efqat, seeds, zeroshot, arch)" >&2; exit 2 ;; esac
 done
 wants() { [[ " ${sections[*]} " == *" $1 "* ]]; }
 
 ensure_dependencies
-bash "$EFQAT_ROOT/launch/setup-data.sh" >&2
+bash "$EFQAT_ROOT/launch/setup-data.sh" "$dataset" >&2
 efqat_build "$EFQAT_ROOT/.build/launch-build.log" -c release --product efqat-train
-out="$EFQAT_ROOT/runs/results"
 mkdir -p "$out"
+python3 -c 'import json, sys; print(json.dumps({"dataset": sys.argv[1], "fp32_args": sys.argv[4:],
+                                                "qat_epochs": int(sys.argv[2]), "ranks": int(sys.argv[3])}))' \
+    "$dataset" "$qat_epochs" "$ranks" ${fp32_args[@]+"${fp32_args[@]}"} > "$out/settings.json"
 # The runs use a copy of the binary, so a rebuild while they go changes none of them.
 commit=$(git -C "$EFQAT_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 binary="$out/efqat-train.$commit"
@@ -70,16 +123,14 @@ if [[ ! -f "$out/default/fp32.safetensors" ]] && ! [[ ${#sections[@]} -eq 1 && "
     exit 1
 fi
 
-# Runs reuse the FP32 model of the default job (same seed and epochs), or
-# of the run folder named by $fp32_from.
-fp32_from=default
-run() {  # name, ranks, then efqat-train options
-    local name="$1" n="$2"
-    shift 2
+# launch NAME RANKS LOGGED options...: runs efqat-train into $out/NAME (on
+# RANKS ranks; 1: one process without mpirun), writes NAME.seconds when it
+# ends, and checks that its log says LOGGED, which tells where its FP32 model
+# came from: a run that trained its own would measure something else.
+launch() {
+    local name="$1" n="$2" logged="$3"
+    shift 3
     efqat_say "$name"
-    rm -rf "$out/$name" "$out/$name".*
-    mkdir -p "$out/$name"
-    cp "$out/$fp32_from/fp32.safetensors" "$out/$name/"
     local started=$SECONDS
     if [[ "$n" -eq 1 ]]; then
         "$binary" --output "$out/$name" ${fp32_args[@]+"${fp32_args[@]}"} --log-every 0 "$@" > "$out/$name.log"
@@ -87,7 +138,26 @@ run() {  # name, ranks, then efqat-train options
         efqat_mpirun "$n" "$binary" --output "$out/$name" ${fp32_args[@]+"${fp32_args[@]}"} --log-every 0 "$@" > "$out/$name.log"
     fi
     echo "$((SECONDS - started))" > "$out/$name.seconds"
-    grep -q "reusing the FP32 model" "$out/$name.log" || { echo "error: $name did not reuse the FP32 model" >&2; exit 1; }
+    grep -q "$logged" "$out/$name.log" || { echo "error: $name did not log '$logged'" >&2; exit 1; }
+}
+# Runs reuse the FP32 model of the default job (same seed and FP32 recipe),
+# or of the run folder named by $fp32_from, copied into their own folder.
+fp32_from=default
+run() {  # name, ranks, then efqat-train options
+    local name="$1" n="$2"
+    shift 2
+    rm -rf "$out/$name" "$out/$name".*
+    mkdir -p "$out/$name"
+    cp "$out/$fp32_from/fp32.safetensors" "$out/$name/"
+    launch "$name" "$n" "reusing the FP32 model" "$@"
+}
+# A run with another seed would train a new FP32 model, so it gets the default
+# job's by --model instead.
+seeded() {  # seed, name, ranks, then efqat-train options
+    local seed="$1" name="$2" n="$3"
+    shift 3
+    rm -rf "$out/$name" "$out/$name".*
+    launch "$name" "$n" "starting from the FP32 model in" --model "$out/default/fp32.safetensors" --seed "$seed" "$@"
 }
 ptq() {  # name, then efqat-train options
     local name="$1"
@@ -103,18 +173,38 @@ if wants ptq; then for bits in 4:4 3:3 2:4 8:8; do
     ptq "W${w}A${a}-mixquant-lp" --weight-bits "$w" --activation-bits "$a" --mixquant "budget:$w" \
         --weight-calibration lp --activation-calibration lp
     ptq "W${w}A${a}-reconstruction" --weight-bits "$w" --activation-bits "$a" --reconstruct
+    ptq "W${w}A${a}-reconstruction-no-qdrop" --weight-bits "$w" --activation-bits "$a" --reconstruct --no-qdrop
     ptq "W${w}A${a}-mixquant-reconstruction" --weight-bits "$w" --activation-bits "$a" --mixquant "budget:$w" --reconstruct
 done; fi
 
 if wants efqat; then
     for bits in 4:4 3:3; do
         w=${bits%:*} a=${bits#*:}
-        run "efqat-W${w}A${a}-p0" 2 --weight-bits "$w" --activation-bits "$a" --efqat-fraction 0
-        run "efqat-W${w}A${a}-full" 2 --weight-bits "$w" --activation-bits "$a" --efqat-fraction 1
+        qat=(--qat-epochs "$qat_epochs" --weight-bits "$w" --activation-bits "$a")
+        run "efqat-W${w}A${a}-p0" 2 "${qat[@]}" --efqat-fraction 0
+        run "efqat-W${w}A${a}-full" 2 "${qat[@]}" --efqat-fraction 1
         for mode in cwpn cwpl lwpn; do
             for p in 0.05 0.1 0.25; do
-                run "efqat-W${w}A${a}-$mode-p$p" 2 --weight-bits "$w" --activation-bits "$a" \
-                    --efqat-mode "$mode" --efqat-fraction "$p"
+                run "efqat-W${w}A${a}-$mode-p$p" 2 "${qat[@]}" --efqat-mode "$mode" --efqat-fraction "$p"
+            done
+        done
+    done
+fi
+
+# Each run named seed<S>-<its name in the ptq or efqat section>.
+if wants seeds; then
+    for seed in ${SEEDS:-0 1 2}; do
+        w2a4=(--qat-epochs 0 --weight-bits 2 --activation-bits 4 --reconstruct)
+        seeded "$seed" "seed$seed-ptq-W2A4-reconstruction" 1 "${w2a4[@]}"
+        seeded "$seed" "seed$seed-ptq-W2A4-reconstruction-no-qdrop" 1 "${w2a4[@]}" --no-qdrop
+        w3a3=(--qat-epochs 0 --weight-bits 3 --activation-bits 3)
+        seeded "$seed" "seed$seed-ptq-W3A3-minmax" 1 "${w3a3[@]}"
+        seeded "$seed" "seed$seed-ptq-W3A3-minmax-stale-bn" 1 "${w3a3[@]}" --no-bn-reestimate
+        for bits in 4:4 3:3; do
+            w=${bits%:*} a=${bits#*:}
+            for mode in cwpn cwpl lwpn; do
+                seeded "$seed" "seed$seed-efqat-W${w}A${a}-$mode-p0.1" 2 --qat-epochs "$qat_epochs" \
+                    --weight-bits "$w" --activation-bits "$a" --efqat-mode "$mode" --efqat-fraction 0.1
             done
         done
     done
@@ -123,16 +213,16 @@ fi
 if wants zeroshot; then
     images=${ZS_IMAGES:-$([[ $quick -eq 1 ]] && echo 128 || echo 1024)}
     iterations=${ZS_ITERATIONS:-$([[ $quick -eq 1 ]] && echo 10 || echo 100)}
-    qat_epochs=${ZS_QAT_EPOCHS:-$([[ $quick -eq 1 ]] && echo 2 || echo 12)}
+    zs_qat_epochs=${ZS_QAT_EPOCHS:-$([[ $quick -eq 1 ]] && echo 2 || echo 12)}
     time_iterations=${ZS_TIME_ITERATIONS:-$([[ $quick -eq 1 ]] && echo 5 || echo 100)}
     reconstruction_iterations=${ZS_RECONSTRUCTION_ITERATIONS:-$([[ $quick -eq 1 ]] && echo 20 || echo 400)}
     rm -rf "$out"/zs-* "$out/zs.json"
-    echo "{\"images\": $images, \"iterations\": $iterations, \"qat_epochs\": $qat_epochs, \"time_iterations\": $time_iterations, \"reconstruction_iterations\": $reconstruction_iterations}" \
+    echo "{\"images\": $images, \"iterations\": $iterations, \"qat_epochs\": $zs_qat_epochs, \"time_iterations\": $time_iterations, \"reconstruction_iterations\": $reconstruction_iterations}" \
         > "$out/zs.json"
     # One Genie data set for every genie run, synthesised on 2 ranks.
     efqat_say "zs-genie: $images Genie-D images, $iterations iterations per batch"
     efqat_mpirun 2 "$binary" synthesize --model "$out/default/fp32.safetensors" --output "$out/zs-genie" \
-        --images "$images" --iterations "$iterations" --log-every 1000 > "$out/zs-genie.log"
+        --zero-shot-images "$images" --synthesis-iterations "$iterations" --log-every 1000 > "$out/zs-genie.log"
     for bits in 4:4 3:3; do
         w=${bits%:*} a=${bits#*:}
         for data in genie noise real; do
@@ -140,7 +230,7 @@ if wants zeroshot; then
             [[ "$data" == genie ]] && source_args=(--synthetic-data "$out/zs-genie/genie.safetensors")
             common=(--weight-bits "$w" --activation-bits "$a" --zero-shot "${source_args[@]}"
                     --calibration-samples "$images" --reconstruction-samples "$images")
-            run "zs-W${w}A${a}-$data-efqat" 2 "${common[@]}" --qat-epochs "$qat_epochs"
+            run "zs-W${w}A${a}-$data-efqat" 2 "${common[@]}" --qat-epochs "$zs_qat_epochs"
             run "zs-W${w}A${a}-$data-reconstruction" 1 "${common[@]}" --qat-epochs 0 --reconstruct \
                 --reconstruction-iterations "$reconstruction_iterations"
         done
@@ -149,7 +239,7 @@ if wants zeroshot; then
     for n in 1 2 4; do
         efqat_say "zs-time-$n: synthesis of 128 images on $n rank(s)"
         efqat_mpirun "$n" "$binary" synthesize --model "$out/default/fp32.safetensors" --output "$out/zs-time-$n" \
-            --images 128 --batch-size 32 --iterations "$time_iterations" --log-every 1000 > "$out/zs-time-$n.log"
+            --zero-shot-images 128 --synthesis-batch-size 32 --synthesis-iterations "$time_iterations" --log-every 1000 > "$out/zs-time-$n.log"
     done
 fi
 
@@ -167,12 +257,12 @@ if wants arch; then
         run "arch-$arch-ptq-lp" 1 "${w4a4[@]}" --qat-epochs 0 --weight-calibration lp --activation-calibration lp
         run "arch-$arch-ptq-reconstruction" 1 "${w4a4[@]}" --qat-epochs 0 --reconstruct
         run "arch-$arch-ptq-mixquant-reconstruction" 1 "${w4a4[@]}" --qat-epochs 0 --mixquant budget:4 --reconstruct
-        run "arch-$arch-efqat-p0.1" 2 "${w4a4[@]}" --efqat-fraction 0.1
-        run "arch-$arch-efqat-full" 2 "${w4a4[@]}" --efqat-fraction 1
+        run "arch-$arch-efqat-p0.1" 2 "${w4a4[@]}" --qat-epochs "$qat_epochs" --efqat-fraction 0.1
+        run "arch-$arch-efqat-full" 2 "${w4a4[@]}" --qat-epochs "$qat_epochs" --efqat-fraction 1
         fp32_from=default
     done
 fi
 
-python3 "$EFQAT_ROOT/launch/results/render.py" "$out" "$ranks" "$EFQAT_ROOT/docs/efqat-accuracy.svg" \
-    > "$EFQAT_ROOT/docs/results.md"
-efqat_say "wrote docs/results.md"
+python3 "$EFQAT_ROOT/launch/results/render.py" "$out" "$ranks" "$EFQAT_ROOT/docs" "$suffix" \
+    > "$EFQAT_ROOT/docs/results$suffix.md"
+efqat_say "wrote docs/results$suffix.md"
